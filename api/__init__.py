@@ -1,0 +1,1 @@
+"""The HTTP API: what technicians, managers and other practice systems read."""

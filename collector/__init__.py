@@ -1,0 +1,1 @@
+"""Collectors: turn what devices send (MQTT) or answer (Modbus TCP) into typed records."""

@@ -1,0 +1,472 @@
+"""The site configuration: devices, where their data comes from, and their maintenance plans.
+
+Loaded from one YAML file into pydantic models. Every problem is reported with the file, the
+line and the dotted field path, so that a technician can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import ConfigError, ConfigIssue
+from core.records import MetricKind
+from core.registers import DataType, Order, register_count
+
+__all__ = [
+    "DEVICE_KINDS",
+    "CalendarPlan",
+    "Device",
+    "ModbusSource",
+    "MqttSource",
+    "PayloadField",
+    "Plan",
+    "RegisterSpec",
+    "SiteConfig",
+    "UsagePlan",
+    "load_config",
+    "parse_config",
+]
+
+DEVICE_KINDS = (
+    "autoclave",
+    "vaccine_fridge",
+    "xray",
+    "infusion_pump",
+    "ups",
+    "copier",
+    "compressor",
+    "patient_monitor",
+)
+
+OFFLINE_AFTER_INTERVALS = 3  # an MQTT device silent for this many expected intervals is offline
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept ``10``, ``"10s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"250ms"`` as seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration such as 10s, 5m, 2h or 1d")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- where data comes from -------------------------------------------------------------
+
+
+class PayloadField(_Model):
+    """One JSON field of an MQTT payload and the metric it feeds."""
+
+    field: str = Field(min_length=1, description="top-level key, or a JSON pointer (/a/b)")
+    metric: Identifier | None = None
+    unit: str | None = None
+    kind: MetricKind = MetricKind.GAUGE
+    scale: float = 1.0
+    offset: float = 0.0
+    width: Literal[16, 32, 64] | None = Field(
+        default=None, description="register width of a counter, so a wrap can be told from a reset"
+    )
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or self.field.strip("/").replace("/", "_")
+
+
+class MqttSource(_Model):
+    protocol: Literal["mqtt"]
+    topic: str = Field(min_length=1)
+    status_topic: str | None = Field(
+        default=None, description="retained online/offline messages, e.g. the device's last will"
+    )
+    timestamp_field: str | None = None
+    expected_interval: Seconds = 60.0
+    fields: list[PayloadField] = Field(min_length=1)
+
+    @field_validator("topic", "status_topic")
+    @classmethod
+    def _no_wildcards(cls, topic: str | None) -> str | None:
+        if topic is not None and ("+" in topic or "#" in topic):
+            raise ValueError("a device's topic names one topic; wildcards are not allowed here")
+        return topic
+
+
+class RegisterSpec(_Model):
+    """One value read from a Modbus device. Addresses are zero-based (register 40001 is
+    holding register address 0)."""
+
+    name: Identifier
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: DataType = DataType.UINT16
+    count: int | None = Field(default=None, ge=1, le=125)
+    byte_order: Order = Order.BIG
+    word_order: Order = Order.BIG
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+    kind: MetricKind = MetricKind.GAUGE
+
+    @field_validator("count")
+    @classmethod
+    def _count_fits_type(cls, count: int | None, info: ValidationInfo) -> int | None:
+        data_type = info.data.get("type")
+        if count is None or data_type is None:
+            return count
+        needed = register_count(data_type)
+        if needed is not None and count != needed:
+            raise ValueError(f"{data_type} needs {needed} register(s) but count gives {count}")
+        return count
+
+    @model_validator(mode="after")
+    def _table_fits_type(self) -> RegisterSpec:
+        if self.type is DataType.STRING and self.count is None:
+            raise ValueError("a string register needs count (its length in registers)")
+        bit_table = self.table in ("coil", "discrete")
+        if bit_table != (self.type is DataType.BIT):
+            raise ValueError("coil and discrete tables hold type bit, and only they do")
+        if self.kind is MetricKind.COUNTER and self.type in (
+            DataType.FLOAT32,
+            DataType.FLOAT64,
+            DataType.STRING,
+        ):
+            raise ValueError("a counter must be an integer type")
+        return self
+
+    @property
+    def registers(self) -> int:
+        return self.count if self.count is not None else (register_count(self.type) or 1)
+
+    @property
+    def width(self) -> int | None:
+        """Bit width of an unsigned counter register, for wrap detection."""
+        return {DataType.UINT16: 16, DataType.UINT32: 32, DataType.UINT64: 64}.get(self.type)
+
+
+class ModbusSource(_Model):
+    protocol: Literal["modbus"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=0, le=65535)
+    unit: int = Field(default=1, ge=0, le=247)
+    interval: Seconds = 10.0
+    timeout: Seconds = 2.0
+    offline_after_failures: int = Field(default=3, ge=1)
+    registers: list[RegisterSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModbusSource:
+        _require_unique([r.name for r in self.registers], "register name")
+        return self
+
+
+Source = Annotated[MqttSource | ModbusSource, Field(discriminator="protocol")]
+
+
+# --- maintenance plans ------------------------------------------------------------------
+
+
+class UsagePlan(_Model):
+    """Due every ``every`` units of a counter since the last completed service."""
+
+    id: Identifier
+    name: str
+    type: Literal["usage"]
+    metric: Identifier
+    every: float = Field(gt=0)
+    first_due: float | None = Field(
+        default=None, ge=0, description="counter value at which the first service falls due"
+    )
+
+
+class CalendarPlan(_Model):
+    """Due every ``every_days`` days from ``start`` (or from the day the plan is first seen)."""
+
+    id: Identifier
+    name: str
+    type: Literal["calendar"]
+    every_days: int = Field(gt=0)
+    start: date | None = None
+
+
+Plan = Annotated[UsagePlan | CalendarPlan, Field(discriminator="type")]
+
+
+# --- devices and the site ---------------------------------------------------------------
+
+
+class Device(_Model):
+    id: Identifier
+    kind: str
+    manufacturer: str = ""
+    model: str = ""
+    serial: str = ""
+    location: str = ""
+    risk_class: Literal["low", "medium", "high"] = "medium"
+    source: Source
+    plans: list[Plan] = Field(default_factory=list)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in DEVICE_KINDS:
+            raise ValueError(
+                f"unknown device kind {kind!r}; known kinds: {', '.join(DEVICE_KINDS)}"
+            )
+        return kind
+
+    @property
+    def metrics(self) -> dict[str, MetricKind]:
+        if isinstance(self.source, MqttSource):
+            return {f.metric_name: f.kind for f in self.source.fields}
+        return {r.name: r.kind for r in self.source.registers}
+
+    @property
+    def units(self) -> dict[str, str | None]:
+        if isinstance(self.source, MqttSource):
+            return {f.metric_name: f.unit for f in self.source.fields}
+        return {r.name: r.unit for r in self.source.registers}
+
+    @property
+    def offline_after(self) -> float:
+        """Seconds without data after which the device counts as offline."""
+        if isinstance(self.source, MqttSource):
+            return OFFLINE_AFTER_INTERVALS * self.source.expected_interval
+        return (self.source.offline_after_failures + 1) * self.source.interval + self.source.timeout
+
+    @model_validator(mode="after")
+    def _plans_use_counters(self) -> Device:
+        metrics = self.metrics
+        for plan in self.plans:
+            if isinstance(plan, UsagePlan) and metrics.get(plan.metric) is not MetricKind.COUNTER:
+                counters = [m for m, k in metrics.items() if k is MetricKind.COUNTER]
+                raise ValueError(
+                    f"plan {plan.id!r} counts {plan.metric!r}, which is not a counter of this "
+                    f"device (counters: {', '.join(counters) or 'none'})"
+                )
+        return self
+
+
+class SiteInfo(_Model):
+    name: str = "My practice"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+
+class MqttSettings(_Model):
+    url: str | None = Field(
+        default=None, pattern=r"^mqtts?://[^:/]+(:\d+)?/?$", description="mqtt://host:port"
+    )
+    client_id: Identifier = "equipwatch-collector"
+
+
+class StoreSettings(_Model):
+    path: Path = Path("equipwatch-data/equipwatch.sqlite")
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval: Seconds = 0.2
+
+
+class ApiSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class RulesSettings(_Model):
+    tick: Seconds = 1.0
+
+
+class SimulationSettings(_Model):
+    """Used only by the simulators: how fast simulated time runs and where devices start."""
+
+    speed: float = Field(default=3600.0, gt=0)
+    start: datetime | None = None
+    seed: int = 1
+    initial: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class SiteConfig(_Model):
+    site: SiteInfo = SiteInfo()
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    rules: RulesSettings = RulesSettings()
+    simulation: SimulationSettings = SimulationSettings()
+    devices: list[Device] = Field(min_length=1)
+
+    def device(self, device_id: str) -> Device | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+
+def _require_unique(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+# --- loading with locations -------------------------------------------------------------
+
+_Path = tuple[str | int, ...]
+
+
+def _marks(node: yaml.Node, path: _Path = ()) -> Iterator[tuple[_Path, tuple[int, int]]]:
+    """(path, (line, column)) for every node; keys are located at the key itself."""
+    yield path, (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            yield (*path, key), (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            for sub_path, mark in _marks(value_node, (*path, key)):
+                if sub_path != (*path, key):
+                    yield sub_path, mark
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _marks(item, (*path, index))
+
+
+def _resolve(data: object, loc: tuple[str | int, ...], missing: bool) -> _Path:
+    """Map a pydantic error location onto a path in the file, dropping the union tags and
+    validator names pydantic inserts. A missing field is reported under its own name."""
+    path: list[str | int] = []
+    node: Any = data
+    for part in loc:
+        if isinstance(node, dict):
+            found = part in node
+        else:
+            found = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if found:
+            node = node[part]
+            path.append(part)
+    if missing and loc and isinstance(loc[-1], str) and (not path or path[-1] != loc[-1]):
+        path.append(loc[-1])
+    return tuple(path)
+
+
+def _dotted(path: _Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _issue(
+    file: str, marks: dict[_Path, tuple[int, int]], path: _Path, message: str
+) -> ConfigIssue:
+    located = path
+    while located and located not in marks:
+        located = located[:-1]
+    line, column = marks.get(located, (None, None))
+    return ConfigIssue(file=file, line=line, column=column, field=_dotted(path), message=message)
+
+
+def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
+    """Checks that span devices; pydantic validates each device on its own."""
+    device_ids: dict[str, int] = {}
+    plan_ids: dict[str, tuple[int, int]] = {}
+    for index, device in enumerate(data.get("devices") or []):
+        if not isinstance(device, dict):
+            continue
+        device_id = device.get("id")
+        if isinstance(device_id, str):
+            if device_id in device_ids:
+                first_device = device_ids[device_id]
+                yield (
+                    ("devices", index, "id"),
+                    f"duplicate device id {device_id!r} (first at devices[{first_device}])",
+                )
+            else:
+                device_ids[device_id] = index
+        for plan_index, plan in enumerate(device.get("plans") or []):
+            plan_id = plan.get("id") if isinstance(plan, dict) else None
+            if isinstance(plan_id, str):
+                if plan_id in plan_ids:
+                    where = "devices[{}].plans[{}]".format(*plan_ids[plan_id])
+                    yield (
+                        ("devices", index, "plans", plan_index, "id"),
+                        f"duplicate plan id {plan_id!r} (first at {where})",
+                    )
+                else:
+                    plan_ids[plan_id] = (index, plan_index)
+
+
+def parse_config(text: str, file: str = "<config>") -> SiteConfig:
+    """Validate a site configuration given as YAML text; raise ConfigError listing every issue."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        raise ConfigError(
+            [ConfigIssue(file, line, column, "(syntax)", str(exc.problem or exc))]
+        ) from exc
+    if not isinstance(data, dict) or node is None:
+        raise ConfigError(
+            [ConfigIssue(file, 1, 1, "(top level)", "expected a mapping of settings")]
+        )
+    marks = dict(_marks(node))
+    issues = [_issue(file, marks, path, message) for path, message in _cross_checks(data)]
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            issues.append(
+                _issue(
+                    file, marks, _resolve(data, error["loc"], error["type"] == "missing"), message
+                )
+            )
+        config = None
+    if issues:
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        raise ConfigError(issues)
+    assert config is not None
+    return config
+
+
+def load_config(path: Path | str) -> SiteConfig:
+    """Read and validate a site configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(path), None, None, "(file)", exc.strerror or str(exc))]
+        ) from exc
+    return parse_config(text, str(path))

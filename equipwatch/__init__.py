@@ -1,0 +1,1 @@
+"""The equipwatch command: wires collectors, rules, the store and the API together."""

@@ -1,0 +1,3 @@
+from equipwatch.cli import main
+
+raise SystemExit(main())

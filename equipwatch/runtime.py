@@ -1,0 +1,144 @@
+"""Runs the parts of equipwatch together in one process, and stops them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import uvicorn
+
+from api.app import create_app
+from collector.base import CollectorStats
+from collector.modbus import ModbusCollector
+from collector.mqtt import MqttCollector
+from collector.writer import BatchWriter
+from core.clock import Clock
+from core.config import ModbusSource, MqttSource, SiteConfig
+from core.store import SqliteStore
+from rules.engine import RulesEngine
+
+__all__ = ["Service", "bind_api_socket", "run_until"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stopped(Exception):
+    """Raised inside the task group to end it when a stop was asked for."""
+
+
+class _ApiServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # the process owns SIGINT/SIGTERM and stops every part in order, not uvicorn alone
+        yield
+
+
+def bind_api_socket(host: str, port: int, *, fall_back: bool) -> socket.socket:
+    """A listening socket for the API; with ``fall_back`` a busy port is swapped for a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not fall_back:
+            sock.close()
+            raise
+        log.warning("port %d is busy; the API takes a free port instead", port)
+        sock.bind((host, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Service:
+    """Collectors, the batch writer, the rules engine and the API over one store."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        store: SqliteStore,
+        *,
+        clock: Clock,
+        mqtt_url: str | None,
+        api_socket: socket.socket | None,
+    ) -> None:
+        self.site = site
+        self.store = store
+        self.clock = clock
+        self.stats = CollectorStats()
+        self.writer = BatchWriter(
+            store, batch_size=site.store.batch_size, flush_interval=site.store.flush_interval
+        )
+        self.rules = RulesEngine(site, store, clock)
+        mqtt_devices = [d for d in site.devices if isinstance(d.source, MqttSource)]
+        modbus_devices = [d for d in site.devices if isinstance(d.source, ModbusSource)]
+        self.mqtt: MqttCollector | None = None
+        if mqtt_devices:
+            if mqtt_url is None:
+                raise ValueError("devices publish over MQTT but no broker URL is configured")
+            self.mqtt = MqttCollector(
+                mqtt_devices,
+                url=mqtt_url,
+                client_id=site.mqtt.client_id,
+                sink=self.writer,
+                clock=clock,
+                stats=self.stats,
+            )
+        self.modbus = (
+            ModbusCollector(modbus_devices, sink=self.writer, clock=clock, stats=self.stats)
+            if modbus_devices
+            else None
+        )
+        self._api_socket = api_socket
+        self._api: _ApiServer | None = None
+        if api_socket is not None:
+            app = create_app(site=site, store=store, clock=clock)
+            self._api = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("writer", self.writer.run()),
+            ("rules", self.rules.run(self.site.rules.tick)),
+        ]
+        if self.mqtt is not None:
+            tasks.append(("collector[mqtt]", self.mqtt.run()))
+        if self.modbus is not None:
+            tasks.append(("collector[modbus]", self.modbus.run()))
+        if self._api is not None:
+            tasks.append(("api", self._serve_api(self._api)))
+        return tasks
+
+    async def _serve_api(self, server: _ApiServer) -> None:
+        """Serve until cancelled, then let uvicorn finish its requests and close its socket."""
+        assert self._api_socket is not None
+        serving = asyncio.create_task(server.serve(sockets=[self._api_socket]), name="api.serve")
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            server.should_exit = True
+            await serving
+            raise
+
+
+async def run_until(
+    stop: asyncio.Event, tasks: list[tuple[str, Coroutine[Any, Any, None]]]
+) -> None:
+    """Run every task in one TaskGroup until ``stop`` is set or one fails; then cancel and await
+    them all. A task's failure propagates; a requested stop does not."""
+
+    async def stopper() -> None:
+        await stop.wait()
+        raise _Stopped
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for name, coroutine in tasks:
+                group.create_task(coroutine, name=name)
+            group.create_task(stopper(), name="stopper")
+    except* _Stopped:
+        pass

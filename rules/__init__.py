@@ -1,0 +1,1 @@
+"""The rules engine: maintenance plans falling due, and alarms raised from device faults."""

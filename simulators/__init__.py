@@ -1,0 +1,1 @@
+"""Simulated devices: pure, clock-driven models behind real MQTT and Modbus TCP front-ends."""

@@ -1,0 +1,1 @@
+"""Device models: pure functions of a seed and the (simulated) time. No I/O."""

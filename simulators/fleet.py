@@ -1,0 +1,104 @@
+"""Builds the simulated devices a site configuration describes.
+
+A device is simulated when the simulators know its kind; its initial counters come from the
+configuration's ``simulation.initial`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from core.clock import Clock, SystemClock
+from core.config import ModbusSource, MqttSource, SiteConfig
+from simulators.devices.autoclave import AutoclaveModel
+from simulators.devices.ups import REGISTER_COUNT, UpsModel
+from simulators.devices.usage import ClinicHours
+from simulators.modbus import ModbusSimServer
+from simulators.mqtt import MqttDeviceSim
+
+__all__ = ["SimulatedFleet", "default_start"]
+
+PUBLISH_INTERVAL = 2.0  # real seconds between an MQTT device's messages
+
+
+def default_start(zone: ZoneInfo, today: datetime) -> datetime:
+    """The most recent Monday at 07:50 local time, so a demo starts with a clinic day."""
+    local = today.astimezone(zone)
+    monday = local.date() - timedelta(days=local.weekday())
+    return datetime.combine(monday, time(7, 50), zone)
+
+
+class SimulatedFleet:
+    """The simulated devices of a site, as named coroutines to run in a TaskGroup."""
+
+    def __init__(self, site: SiteConfig, *, mqtt_url: str | None, clock: Clock) -> None:
+        self._site = site
+        self._mqtt_url = mqtt_url
+        self._clock = clock
+        self._wall = SystemClock()
+        self.autoclaves: dict[str, AutoclaveModel] = {}
+        self.upses: dict[str, UpsModel] = {}
+        self.skipped: list[str] = []
+
+    def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        site = self._site
+        zone = ZoneInfo(site.site.timezone)
+        start = self._clock.now()
+        hours = ClinicHours(zone)
+        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        modbus_units: dict[tuple[str, int], dict[int, tuple[int, Any]]] = {}
+        for index, device in enumerate(site.devices):
+            initial = site.simulation.initial.get(device.id, {})
+            seed = site.simulation.seed * 1000 + index
+            source = device.source
+            if device.kind == "autoclave" and isinstance(source, MqttSource) and self._mqtt_url:
+                model = AutoclaveModel(
+                    seed=seed,
+                    start=start,
+                    hours=hours,
+                    cycles_total=int(initial.get("cycles_total", 0)),
+                    failed_cycles=int(initial.get("failed_cycles", 0)),
+                )
+                self.autoclaves[device.id] = model
+                sim = MqttDeviceSim(
+                    device_id=device.id,
+                    url=self._mqtt_url,
+                    topic=source.topic,
+                    status_topic=source.status_topic,
+                    payload=self._autoclave_payload(model),
+                    interval=PUBLISH_INTERVAL,
+                )
+                tasks.append((f"simulator[{device.id}]", sim.run()))
+            elif device.kind == "ups" and isinstance(source, ModbusSource):
+                ups = UpsModel(
+                    seed=seed,
+                    start=start,
+                    run_hours=initial.get("run_hours", 0.0),
+                    line_fail_count=int(initial.get("line_fail_count", 0)),
+                )
+                self.upses[device.id] = ups
+                units = modbus_units.setdefault((source.host, source.port), {})
+                units[source.unit] = (REGISTER_COUNT, self._ups_registers(ups))
+            else:
+                self.skipped.append(device.id)
+        for (host, port), units in modbus_units.items():
+            server = ModbusSimServer(host, port, units)
+            tasks.append((f"simulator[modbus {host}:{port}]", server.serve()))
+        return tasks
+
+    def _autoclave_payload(self, model: AutoclaveModel) -> Any:
+        def payload() -> dict[str, Any]:
+            model.advance(self._clock.now())
+            return model.payload(self._wall.now())
+
+        return payload
+
+    def _ups_registers(self, model: UpsModel) -> Any:
+        def registers() -> list[int]:
+            model.advance(self._clock.now())
+            return model.registers()
+
+        return registers
