@@ -171,7 +171,11 @@ class SqliteStore:
         await self.close()
 
     async def open(self) -> None:
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,87 @@
+"""Waiting on conditions (never on the clock) and the servers tests talk to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from core.net import free_port
+
+_T = TypeVar("_T")
+
+POLL = 0.05
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of a server binary; under CI its absence fails the run, elsewhere it skips."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package})"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true requires it")
+        pytest.skip(message)
+    return path
+
+
+async def wait_for(probe: Callable[[], Awaitable[_T | None]], *, timeout: float, what: str) -> _T:
+    """Call ``probe`` until it returns something other than None or False, or fail."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await probe()
+        if result is not None and result is not False:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(POLL)
+
+
+def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=POLL):
+                return
+        except OSError:
+            time.sleep(POLL)
+    raise AssertionError(f"nothing listened on port {port} within {timeout:g}s")
+
+
+@contextmanager
+def mosquitto(directory: Path) -> Iterator[str]:
+    """A throwaway Mosquitto on a free loopback port; yields its mqtt:// URL."""
+    binary = require_binary("mosquitto", "mosquitto")
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\n"
+        # as root, mosquitto would switch to its own user, who cannot write to this directory
+        "user root\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        f"persistence_location {directory}/\n"
+        f"log_dest file {directory}/mosquitto.log\n"
+    )
+    process = subprocess.Popen([binary, "-c", str(config)])
+    try:
+        wait_for_port(port, timeout=10, process=process)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,168 @@
+"""The whole path on real parts: simulated autoclave (MQTT, real Mosquitto) and UPS (Modbus
+TCP) -> collectors -> SQLite -> rules -> API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from core.clock import AcceleratedClock, SystemClock
+from core.config import SiteConfig, parse_config
+from core.store import SqliteStore
+from equipwatch.cli import sample_config_path
+from equipwatch.runtime import Service, bind_api_socket, run_until
+from simulators.fleet import SimulatedFleet, localize_modbus_endpoints
+from tests.support import wait_for
+
+SPEED = 36_000.0  # ten simulated hours a real second: the usage plan falls due in about a second
+
+
+def sample_site(topic_prefix: str) -> SiteConfig:
+    text = sample_config_path().read_text().replace("clinic/riverside", topic_prefix)
+    site, _ = localize_modbus_endpoints(parse_config(text, "site.yaml"))
+    return site
+
+
+@dataclass
+class Running:
+    api: httpx.AsyncClient
+    site: SiteConfig
+    store: SqliteStore
+
+
+@pytest.fixture
+async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIterator[Running]:
+    site = sample_site(topic_prefix)
+    start = datetime(2026, 11, 23, 7, 55, tzinfo=UTC)  # a Monday, just before the clinic opens
+    fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=AcceleratedClock(start, SPEED))
+    stop = asyncio.Event()
+    async with SqliteStore(tmp_path / "site.sqlite") as store:
+        sock = bind_api_socket("127.0.0.1", 0, fall_back=False)
+        port = sock.getsockname()[1]
+        service = Service(site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=sock)
+        runner = asyncio.create_task(run_until(stop, fleet.tasks() + service.tasks()))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+            try:
+                yield Running(api, site, store)
+            finally:
+                stop.set()
+                await asyncio.wait_for(runner, timeout=15)
+
+
+async def _json(api: httpx.AsyncClient, path: str) -> Any:
+    response = await api.get(path)
+    response.raise_for_status()
+    return response.json()
+
+
+async def test_both_protocols_reach_the_api_and_a_plan_falls_due(running: Running) -> None:
+    async def both_devices_reporting() -> list[dict[str, Any]] | None:
+        try:
+            devices: list[dict[str, Any]] = await _json(running.api, "/api/v1/devices")
+        except httpx.TransportError:
+            return None
+        ready = all(d["status"] == "online" and d["latest"] for d in devices)
+        return devices if ready else None
+
+    devices = await wait_for(both_devices_reporting, timeout=30, what="both devices online")
+    by_id = {d["id"]: d for d in devices}
+    assert by_id["autoclave-1"]["protocol"] == "mqtt"
+    assert by_id["autoclave-1"]["latest"]["cycles_total"]["value"] >= 4490
+    ups = by_id["ups-1"]
+    assert ups["protocol"] == "modbus"
+    assert ups["latest"]["battery_status"]["value"] in (2, 3)
+    # run_hours is a uint32 across two registers with scale 0.1, starting at 18,250.5 h
+    assert ups["latest"]["run_hours"]["value"] >= 18250.5
+    assert ups["latest"]["run_hours"]["unit"] == "h"
+
+    async def service_due() -> list[dict[str, Any]] | None:
+        due: list[dict[str, Any]] = await _json(running.api, "/api/v1/maintenance/due")
+        return due if any(d["plan_id"] == "autoclave-1-service" for d in due) else None
+
+    due = await wait_for(service_due, timeout=30, what="the autoclave service to fall due")
+    item = next(d for d in due if d["plan_id"] == "autoclave-1-service")
+    assert item["basis"] == "usage"
+    assert item["due_value"] == 4500  # the plan's first-due point
+    notices = await running.store.notices()
+    assert [n.subject for n in notices if n.kind == "maintenance_due"] == [
+        "Maintenance due: Autoclave service (every 500 cycles) on autoclave-1 (Sterilisation room)"
+    ]
+
+    readings = await _json(
+        running.api, "/api/v1/devices/ups-1/readings?metric=line_fail_count&limit=5"
+    )
+    assert readings["readings"], "the UPS's counter readings are stored"
+    assert all(r["metric"] == "line_fail_count" for r in readings["readings"])
+
+
+async def test_malformed_payload_is_dead_lettered_and_collection_goes_on(
+    running: Running, mqtt_url: str, topic_prefix: str
+) -> None:
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    topic = f"{topic_prefix}/devices/autoclave-1/telemetry"
+    async with aiomqtt.Client(host, int(port), identifier="test-bad-publisher") as client:
+        await client.publish(topic, b'{"cycles_total": 12', qos=1)
+        await client.publish(topic, b'{"cycles_total": "many"}', qos=1)
+
+    async def letters() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = await _json(running.api, "/api/v1/dead-letters")
+        return found if len(found) >= 2 else None
+
+    found = await wait_for(letters, timeout=20, what="two dead letters")
+    assert {f["reason"] for f in found} == {"bad_json", "missing_field"}
+    assert all(f["topic"] == topic for f in found)
+
+    count_before = len(await running.store.readings_after("autoclave-1", "cycles_total", None))
+
+    async def more_readings() -> bool:
+        after = await running.store.readings_after("autoclave-1", "cycles_total", None)
+        return len(after) > count_before
+
+    await wait_for(more_readings, timeout=20, what="readings after the bad payloads")
+
+
+async def test_demo_command_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """`equipwatch demo` as a user runs it: embedded broker, prints where to look, Ctrl-C."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "equipwatch", "demo",
+        "--data-dir", str(tmp_path), "--port", "0", "--speed", str(SPEED),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        url = None
+        while url is None:
+            line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+            assert line, "the demo exited before printing its URL"
+            if "Devices:" in line:
+                url = line.split()[-1]
+        async with httpx.AsyncClient() as client:
+
+            async def due() -> bool:
+                response = await client.get(url.replace("/devices", "/maintenance/due"))
+                return bool(response.json())
+
+            await wait_for(due, timeout=60, what="a due item from the demo")
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.wait(), timeout=20)
+    stderr = (await process.stderr.read()).decode()
+    rest = (await process.stdout.read()).decode()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "equipwatch demo stopped." in rest
