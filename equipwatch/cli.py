@@ -13,13 +13,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from core.clock import AcceleratedClock, SystemClock
-from core.config import ModbusSource, MqttSource, SiteConfig, load_config
+from core.config import MqttSource, load_config
 from core.errors import ConfigError
 from core.net import free_port
 from core.store import SqliteStore
 from equipwatch.broker import run_embedded_broker
 from equipwatch.runtime import Service, bind_api_socket, run_until
-from simulators.fleet import SimulatedFleet, default_start
+from simulators.fleet import SimulatedFleet, default_start, localize_modbus_endpoints
 
 __all__ = ["main"]
 
@@ -50,26 +50,9 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-def _simulated_endpoints(site: SiteConfig) -> tuple[SiteConfig, dict[str, str]]:
-    """Point every Modbus endpoint at a free local port, where the simulators will serve it."""
-    ports: dict[tuple[str, int], int] = {}
-    devices = []
-    for device in site.devices:
-        source = device.source
-        if isinstance(source, ModbusSource):
-            key = (source.host, source.port)
-            ports.setdefault(key, free_port())
-            source = source.model_copy(update={"host": "127.0.0.1", "port": ports[key]})
-            devices.append(device.model_copy(update={"source": source}))
-        else:
-            devices.append(device)
-    moved = {f"{h}:{p}": f"127.0.0.1:{n}" for (h, p), n in ports.items()}
-    return site.model_copy(update={"devices": devices}), moved
-
-
 async def _demo(args: argparse.Namespace) -> int:
     site = load_config(args.config)
-    site, moved = _simulated_endpoints(site)
+    site, moved = localize_modbus_endpoints(site)
     stop = _stop_event()
     broker: asyncio.Task[None] | None = None
     mqtt_url: str | None = args.mqtt_url

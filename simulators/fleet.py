@@ -13,13 +13,14 @@ from zoneinfo import ZoneInfo
 
 from core.clock import Clock, SystemClock
 from core.config import ModbusSource, MqttSource, SiteConfig
+from core.net import free_port
 from simulators.devices.autoclave import AutoclaveModel
 from simulators.devices.ups import REGISTER_COUNT, UpsModel
 from simulators.devices.usage import ClinicHours
 from simulators.modbus import ModbusSimServer
 from simulators.mqtt import MqttDeviceSim
 
-__all__ = ["SimulatedFleet", "default_start"]
+__all__ = ["SimulatedFleet", "default_start", "localize_modbus_endpoints"]
 
 PUBLISH_INTERVAL = 2.0  # real seconds between an MQTT device's messages
 
@@ -29,6 +30,23 @@ def default_start(zone: ZoneInfo, today: datetime) -> datetime:
     local = today.astimezone(zone)
     monday = local.date() - timedelta(days=local.weekday())
     return datetime.combine(monday, time(7, 50), zone)
+
+
+def localize_modbus_endpoints(site: SiteConfig) -> tuple[SiteConfig, dict[str, str]]:
+    """Point every Modbus endpoint at a free local port, where the simulators will serve it."""
+    ports: dict[tuple[str, int], int] = {}
+    devices = []
+    for device in site.devices:
+        source = device.source
+        if isinstance(source, ModbusSource):
+            key = (source.host, source.port)
+            ports.setdefault(key, free_port())
+            source = source.model_copy(update={"host": "127.0.0.1", "port": ports[key]})
+            devices.append(device.model_copy(update={"source": source}))
+        else:
+            devices.append(device)
+    moved = {f"{h}:{p}": f"127.0.0.1:{n}" for (h, p), n in ports.items()}
+    return site.model_copy(update={"devices": devices}), moved
 
 
 class SimulatedFleet:
