@@ -46,10 +46,11 @@ def usage_due(plan: UsagePlan, state: PlanState) -> Due | None:
         target = max(0.0, plan.first_due - state.first_value)
     if state.usage < target:
         return None
+    baseline = state.first_value if state.first_value is not None else 0.0
     return Due(
         basis="usage",
         detail=f"{state.usage:g} {plan.metric} since last service (due every {plan.every:g})",
-        due_value=target,
+        due_value=baseline + target,
     )
 
 
