@@ -1,0 +1,1 @@
+"""The sample site configuration the demo runs."""
