@@ -61,7 +61,8 @@ def calendar_due(plan: CalendarPlan, state: PlanState, now: datetime, zone: Zone
         anchor = datetime.combine(plan.start, time(), zone)
     else:
         anchor = state.started
-    due_at = anchor + timedelta(days=plan.every_days)
+    # days are counted on the site's calendar, so a due time keeps its local hour across DST
+    due_at = anchor.astimezone(zone) + timedelta(days=plan.every_days)
     if now < due_at:
         return None
     return Due(

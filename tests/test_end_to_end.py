@@ -55,6 +55,13 @@ async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIter
         runner = asyncio.create_task(run_until(stop, fleet.tasks() + service.tasks()))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             try:
+                assert service.mqtt is not None
+                mqtt = service.mqtt
+
+                async def subscribed() -> bool:
+                    return mqtt.connected.is_set()
+
+                await wait_for(subscribed, timeout=20, what="the collector's subscriptions")
                 yield Running(api, site, store)
             finally:
                 stop.set()
@@ -160,7 +167,12 @@ async def test_demo_command_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) 
             await wait_for(due, timeout=60, what="a due item from the demo")
     finally:
         process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(process.wait(), timeout=20)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
     stderr = (await process.stderr.read()).decode()
     rest = (await process.stdout.read()).decode()
     assert process.returncode == 0, stderr
