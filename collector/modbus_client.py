@@ -10,9 +10,9 @@ import asyncio
 from typing import Literal
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
-from core.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable
+from core.errors import DeviceError, DeviceRefused, DeviceTimeout, DeviceUnreachable
 
 __all__ = ["ModbusEndpoint", "Table"]
 
@@ -46,24 +46,21 @@ class ModbusEndpoint:
                 response = await asyncio.wait_for(
                     self._request(table, address, count, unit), self._timeout * 2
                 )
-            except TimeoutError as exc:
+            except (TimeoutError, ModbusException) as exc:
+                # a late answer would be taken for the next request's: start afresh
                 self._client.close()
-                raise DeviceTimeout(f"{self.name} unit {unit}: no answer") from exc
-            except ConnectionException as exc:
-                self._client.close()
-                raise DeviceUnreachable(f"{self.name}: {exc}") from exc
-            except ModbusIOException as exc:
-                self._client.close()
-                raise DeviceTimeout(f"{self.name} unit {unit}: {exc}") from exc
-            except ModbusException as exc:
-                self._client.close()
-                raise DeviceUnreachable(f"{self.name}: {exc}") from exc
+                raise self._translate(exc, unit) from exc
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             raise DeviceRefused(f"{self.name} unit {unit}: exception code {code}", code)
         if table in ("coil", "discrete"):
             return [int(bit) for bit in response.bits[:count]]
         return list(response.registers)
+
+    def _translate(self, exc: Exception, unit: int) -> DeviceError:
+        if isinstance(exc, TimeoutError | ModbusIOException):
+            return DeviceTimeout(f"{self.name} unit {unit}: no answer ({exc or 'timeout'})")
+        return DeviceUnreachable(f"{self.name}: {exc}")
 
     async def _request(self, table: Table, address: int, count: int, unit: int):  # type: ignore[no-untyped-def]
         client = self._client
