@@ -31,7 +31,6 @@ class BatchWriter:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: asyncio.Queue[Record | DeadLetter] = asyncio.Queue(maxsize=max_pending)
-        self.written = 0
 
     async def put(self, records: Sequence[Record]) -> None:
         for record in records:
@@ -73,4 +72,3 @@ class BatchWriter:
             await self._store.write_dead_letters(letters)
         if records:
             await self._store.write(records)
-            self.written += len(records)

@@ -242,16 +242,19 @@ class Device(_Model):
         return kind
 
     @property
-    def metrics(self) -> dict[str, MetricKind]:
+    def channels(self) -> dict[str, PayloadField | RegisterSpec]:
+        """Every metric of the device and the spec that produces it."""
         if isinstance(self.source, MqttSource):
-            return {f.metric_name: f.kind for f in self.source.fields}
-        return {r.name: r.kind for r in self.source.registers}
+            return {f.metric_name: f for f in self.source.fields}
+        return {r.name: r for r in self.source.registers}
+
+    @property
+    def metrics(self) -> dict[str, MetricKind]:
+        return {name: spec.kind for name, spec in self.channels.items()}
 
     @property
     def units(self) -> dict[str, str | None]:
-        if isinstance(self.source, MqttSource):
-            return {f.metric_name: f.unit for f in self.source.fields}
-        return {r.name: r.unit for r in self.source.registers}
+        return {name: spec.unit for name, spec in self.channels.items()}
 
     @property
     def offline_after(self) -> float:

@@ -87,9 +87,11 @@ async def _demo(args: argparse.Namespace) -> int:
             )
             url = f"http://{host}:{port}"
             print(
-                f"\nequipwatch demo is running ({len(site.devices)} simulated devices, "
+                f"\nequipwatch demo is running "
+                f"({len(site.devices) - len(fleet.skipped)} simulated devices, "
                 f"simulated time x{speed:g}).\n"
-                f"  Devices:          {url}/api/v1/devices\n"
+                + "".join(f"  Not simulated:    {device_id}\n" for device_id in fleet.skipped)
+                + f"  Devices:          {url}/api/v1/devices\n"
                 f"  Maintenance due:  {url}/api/v1/maintenance/due\n"
                 f"  Alarms:           {url}/api/v1/alarms\n"
                 f"  API docs:         {url}/docs\n"

@@ -11,7 +11,7 @@ import logging
 from zoneinfo import ZoneInfo
 
 from core.clock import Clock
-from core.config import CalendarPlan, Device, MqttSource, SiteConfig, UsagePlan
+from core.config import CalendarPlan, Device, SiteConfig, UsagePlan
 from core.store import PlanState, SqliteStore
 from rules.plans import Due, accumulate_usage, calendar_due, usage_due
 
@@ -21,14 +21,6 @@ log = logging.getLogger(__name__)
 
 FAULT_CURSOR = "rules.faults"
 FAULT_SEVERITY = "major"
-
-
-def _scale(device: Device, metric: str) -> float:
-    if isinstance(device.source, MqttSource):
-        specs = {f.metric_name: f.scale for f in device.source.fields}
-    else:
-        specs = {r.name: r.scale for r in device.source.registers}
-    return specs.get(metric, 1.0)
 
 
 class RulesEngine:
@@ -63,7 +55,7 @@ class RulesEngine:
                     readings = await self._store.readings_after(
                         device.id, plan.metric, state.last_ts
                     )
-                    changed |= accumulate_usage(state, readings, _scale(device, plan.metric))
+                    changed |= accumulate_usage(state, readings, device.channels[plan.metric].scale)
                     due = usage_due(plan, state)
                 else:
                     assert isinstance(plan, CalendarPlan)

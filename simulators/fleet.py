@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from core.clock import Clock, SystemClock
-from core.config import ModbusSource, MqttSource, SiteConfig
+from core.config import Device, ModbusSource, MqttSource, SiteConfig
 from core.net import free_port
 from simulators.devices.autoclave import AutoclaveModel
 from simulators.devices.ups import REGISTER_COUNT, UpsModel
@@ -57,9 +57,12 @@ class SimulatedFleet:
         self._mqtt_url = mqtt_url
         self._clock = clock
         self._wall = SystemClock()
-        self.autoclaves: dict[str, AutoclaveModel] = {}
-        self.upses: dict[str, UpsModel] = {}
-        self.skipped: list[str] = []
+        self.skipped = [d.id for d in site.devices if not self._simulates(d)]
+
+    def _simulates(self, device: Device) -> bool:
+        if device.kind == "autoclave":
+            return isinstance(device.source, MqttSource) and self._mqtt_url is not None
+        return device.kind == "ups" and isinstance(device.source, ModbusSource)
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         site = self._site
@@ -72,7 +75,10 @@ class SimulatedFleet:
             initial = site.simulation.initial.get(device.id, {})
             seed = site.simulation.seed * 1000 + index
             source = device.source
-            if device.kind == "autoclave" and isinstance(source, MqttSource) and self._mqtt_url:
+            if not self._simulates(device):
+                continue
+            if isinstance(source, MqttSource):
+                assert self._mqtt_url is not None
                 model = AutoclaveModel(
                     seed=seed,
                     start=start,
@@ -80,7 +86,6 @@ class SimulatedFleet:
                     cycles_total=int(initial.get("cycles_total", 0)),
                     failed_cycles=int(initial.get("failed_cycles", 0)),
                 )
-                self.autoclaves[device.id] = model
                 sim = MqttDeviceSim(
                     device_id=device.id,
                     url=self._mqtt_url,
@@ -90,18 +95,16 @@ class SimulatedFleet:
                     interval=PUBLISH_INTERVAL,
                 )
                 tasks.append((f"simulator[{device.id}]", sim.run()))
-            elif device.kind == "ups" and isinstance(source, ModbusSource):
+            else:
+                assert isinstance(source, ModbusSource)
                 ups = UpsModel(
                     seed=seed,
                     start=start,
                     run_hours=initial.get("run_hours", 0.0),
                     line_fail_count=int(initial.get("line_fail_count", 0)),
                 )
-                self.upses[device.id] = ups
                 units = modbus_units.setdefault((source.host, source.port), {})
                 units[source.unit] = (REGISTER_COUNT, self._ups_registers(ups))
-            else:
-                self.skipped.append(device.id)
         for (host, port), units in modbus_units.items():
             server = ModbusSimServer(host, port, units)
             tasks.append((f"simulator[modbus {host}:{port}]", server.serve()))

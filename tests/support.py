@@ -15,11 +15,21 @@ from typing import TypeVar
 
 import pytest
 
+from core.config import SiteConfig, parse_config
 from core.net import free_port
+from equipwatch.cli import sample_config_path
 
 _T = TypeVar("_T")
 
 POLL = 0.05
+
+
+def sample_site(topic_prefix: str | None = None) -> SiteConfig:
+    """The bundled sample configuration, its MQTT topics moved under ``topic_prefix``."""
+    text = sample_config_path().read_text()
+    if topic_prefix is not None:
+        text = text.replace("clinic/riverside", topic_prefix)
+    return parse_config(text, "site.yaml")
 
 
 def in_ci() -> bool:

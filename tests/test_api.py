@@ -11,10 +11,9 @@ import pytest
 
 from api.app import create_app
 from core.clock import ManualClock
-from core.config import parse_config
 from core.records import Reading, StatusChange
 from core.store import SqliteStore
-from equipwatch.cli import sample_config_path
+from tests.support import sample_site
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -27,7 +26,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 @pytest.fixture
 async def client(store: SqliteStore) -> AsyncIterator[tuple[httpx.AsyncClient, ManualClock]]:
-    site = parse_config(sample_config_path().read_text(), "site.yaml")
+    site = sample_site()
     clock = ManualClock(NOW)
     app = create_app(site=site, store=store, clock=clock)
     transport = httpx.ASGITransport(app=app)

@@ -19,19 +19,17 @@ import httpx
 import pytest
 
 from core.clock import AcceleratedClock, SystemClock
-from core.config import SiteConfig, parse_config
+from core.config import SiteConfig
 from core.store import SqliteStore
-from equipwatch.cli import sample_config_path
 from equipwatch.runtime import Service, bind_api_socket, run_until
 from simulators.fleet import SimulatedFleet, localize_modbus_endpoints
-from tests.support import wait_for
+from tests.support import sample_site, wait_for
 
 SPEED = 36_000.0  # ten simulated hours a real second: the usage plan falls due in about a second
 
 
-def sample_site(topic_prefix: str) -> SiteConfig:
-    text = sample_config_path().read_text().replace("clinic/riverside", topic_prefix)
-    site, _ = localize_modbus_endpoints(parse_config(text, "site.yaml"))
+def local_sample_site(topic_prefix: str) -> SiteConfig:
+    site, _ = localize_modbus_endpoints(sample_site(topic_prefix))
     return site
 
 
@@ -44,7 +42,7 @@ class Running:
 
 @pytest.fixture
 async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIterator[Running]:
-    site = sample_site(topic_prefix)
+    site = local_sample_site(topic_prefix)
     start = datetime(2026, 11, 23, 7, 55, tzinfo=UTC)  # a Monday, just before the clinic opens
     fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=AcceleratedClock(start, SPEED))
     stop = asyncio.Event()

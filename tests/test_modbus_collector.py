@@ -11,14 +11,13 @@ import pytest
 from collector.modbus import ModbusCollector, plan_requests
 from collector.modbus_client import ModbusEndpoint
 from core.clock import ManualClock
-from core.config import Device, ModbusSource, SiteConfig, parse_config
+from core.config import Device, ModbusSource, SiteConfig
 from core.errors import DeviceRefused
 from core.net import free_port
 from core.records import DeadLetter, Reading, Record, StatusChange
-from equipwatch.cli import sample_config_path
 from simulators.devices.ups import REGISTER_COUNT, UpsModel
 from simulators.modbus import ModbusSimServer
-from tests.support import wait_for
+from tests.support import sample_site, wait_for
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -67,7 +66,7 @@ async def ups_server() -> AsyncIterator[tuple[int, UpsModel]]:
 
 
 def test_the_sample_ups_map_is_read_in_one_request() -> None:
-    site = parse_config(sample_config_path().read_text(), "site.yaml")
+    site = sample_site()
     device = site.device("ups-1")
     assert device is not None
     assert isinstance(device.source, ModbusSource)
@@ -79,7 +78,7 @@ async def test_poll_decodes_exactly_what_the_simulator_holds(
     ups_server: tuple[int, UpsModel],
 ) -> None:
     port, model = ups_server
-    site = parse_config(sample_config_path().read_text(), "site.yaml")
+    site = sample_site()
     device = ups_device(site, "ups-1", port)
     assert isinstance(device.source, ModbusSource)
     collector = ModbusCollector([device], sink=ListSink(), clock=ManualClock(START))
@@ -115,7 +114,7 @@ async def test_a_dead_device_goes_offline_while_a_live_one_keeps_reporting(
     ups_server: tuple[int, UpsModel],
 ) -> None:
     port, _ = ups_server
-    site = parse_config(sample_config_path().read_text(), "site.yaml")
+    site = sample_site()
     live = ups_device(site, "ups-live", port)
     dead = ups_device(site, "ups-dead", free_port())  # nothing listens there
     sink = ListSink()

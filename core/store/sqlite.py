@@ -76,6 +76,14 @@ CREATE TABLE IF NOT EXISTS status_changes (
     PRIMARY KEY (device_id, ts_ms)
 ) WITHOUT ROWID;
 
+-- each device's newest status change, kept on write so that reading it costs one row per device
+CREATE TABLE IF NOT EXISTS device_status (
+    device_id TEXT PRIMARY KEY,
+    online INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     source TEXT NOT NULL,
@@ -277,6 +285,13 @@ class SqliteStore:
             )
         if statuses:
             db.executemany("INSERT OR IGNORE INTO status_changes VALUES (?, ?, ?, ?)", statuses)
+            db.executemany(
+                "INSERT INTO device_status VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET online = excluded.online, "
+                "ts_ms = excluded.ts_ms, reason = excluded.reason "
+                "WHERE excluded.ts_ms >= device_status.ts_ms",
+                [(device, online, ts, reason) for device, ts, online, reason in statuses],
+            )
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         rows = [(d.source, d.topic, d.payload, d.reason, d.detail, _ms(d.ts)) for d in letters]
@@ -350,11 +365,7 @@ class SqliteStore:
         """The most recent status change of every device that has one."""
 
         def query() -> dict[str, DeviceStatus]:
-            rows = self._db.execute(
-                "SELECT s.device_id, s.online, s.ts_ms, s.reason FROM status_changes s "
-                "JOIN (SELECT device_id, max(ts_ms) AS ts_ms FROM status_changes "
-                "GROUP BY device_id) m USING (device_id, ts_ms)"
-            )
+            rows = self._db.execute("SELECT device_id, online, ts_ms, reason FROM device_status")
             return {d: DeviceStatus(d, bool(o), _dt(t), r) for d, o, t, r in rows}
 
         return await self._run(query)
