@@ -80,7 +80,8 @@ async def _demo(args: argparse.Namespace) -> int:
         fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=sim_clock)
         data_dir: Path = args.data_dir
         async with SqliteStore(data_dir / "equipwatch.sqlite") as store:
-            api_socket = bind_api_socket(site.api.host, args.port or site.api.port, fall_back=True)
+            port = site.api.port if args.port is None else args.port  # 0 asks for a free port
+            api_socket = bind_api_socket(site.api.host, port, fall_back=True)
             host, port = api_socket.getsockname()[:2]
             service = Service(
                 site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
@@ -162,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-url", help="use this broker instead of the embedded one")
     demo.add_argument("--data-dir", default="equipwatch-data", help="where the SQLite file lives")
     demo.add_argument("--speed", type=float, help="how much faster simulated time runs")
-    demo.add_argument("--port", type=int, help="API port (default: the config's, or a free one)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        help="API port; 0 takes a free one (default: the config's)",
+    )
 
     run = commands.add_parser("run", help="run collectors, rules and API against real devices")
     run.add_argument("--config", type=Path, required=True)
