@@ -54,12 +54,8 @@ async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIter
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             try:
                 assert service.mqtt is not None
-                mqtt = service.mqtt
-
-                async def subscribed() -> bool:
-                    return mqtt.connected.is_set()
-
-                await wait_for(subscribed, timeout=20, what="the collector's subscriptions")
+                # a message published before the collector subscribed would never reach it
+                await asyncio.wait_for(service.mqtt.connected.wait(), timeout=20)
                 yield Running(api, site, store)
             finally:
                 stop.set()
