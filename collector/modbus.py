@@ -7,8 +7,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.base import CollectorStats, OnlineTracker, RecordSink
-from collector.modbus_client import ModbusEndpoint
+from collector.base import CollectorStats, FaultTracker, OnlineTracker, RecordSink
+from collector.modbus_client import ModbusEndpoint, Table
 from core.clock import Clock
 from core.config import Device, ModbusSource, RegisterSpec
 from core.errors import DeviceError, DeviceRefused, DeviceTimeout
@@ -25,7 +25,7 @@ MAX_BITS = 2000
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    table: str
+    table: Table
     address: int
     count: int
     registers: tuple[RegisterSpec, ...]
@@ -35,7 +35,7 @@ def plan_requests(registers: Sequence[RegisterSpec], max_gap: int = 0) -> list[R
     """Merge a device's registers into as few reads as possible, never more than the protocol
     allows in one read and never bridging more than ``max_gap`` unused addresses."""
     requests: list[ReadRequest] = []
-    by_table: dict[str, list[RegisterSpec]] = {}
+    by_table: dict[Table, list[RegisterSpec]] = {}
     for spec in registers:
         by_table.setdefault(spec.table, []).append(spec)
     for table, specs in by_table.items():
@@ -87,6 +87,7 @@ class ModbusCollector:
         self._clock = clock
         self.stats = stats or CollectorStats()
         self._online = OnlineTracker()
+        self._faults = FaultTracker()
         self._endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
         for device in self._devices:
             source = device.source
@@ -132,6 +133,11 @@ class ModbusCollector:
                 await self._emit(
                     self._online.mark(device.id, True, self._clock.now(), "answered") + records
                 )
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # pymodbus connects with asyncio.wait_for, which on Python 3.11 can swallow a
+                # cancellation that arrives as the connection attempt ends
+                raise asyncio.CancelledError
             next_poll += source.interval
             # after a long stall, skip the missed polls rather than firing them back to back
             next_poll = max(next_poll, loop.time())
@@ -143,23 +149,33 @@ class ModbusCollector:
         source = device.source
         assert isinstance(source, ModbusSource)
         records: list[Record] = []
+        active_faults: set[str] = set()
+        has_faults = False
+        ts = self._clock.now()
         for request in requests:
             words = await endpoint.read(
-                request.table,  # type: ignore[arg-type]
+                request.table,
                 request.address,
                 request.count,
                 source.unit,
             )
-            ts = self._clock.now()
             for spec in request.registers:
                 offset = spec.address - request.address
                 chunk = words[offset : offset + spec.registers]
                 if spec.type is DataType.STRING:
-                    continue
+                    continue  # identification text (model, firmware), not a reading
                 value, raw = decode_register(spec, chunk)
+                if spec.kind is MetricKind.FAULT:
+                    # a fault register names its code: bit on_battery set -> ON_BATTERY active
+                    has_faults = True
+                    if value:
+                        active_faults.add(spec.name.upper())
+                    continue
                 records.append(
                     Reading(device.id, spec.name, value, ts, Quality.GOOD, raw, spec.width)
                 )
+        if has_faults:
+            records += self._faults.update(device.id, active_faults, ts)
         return records
 
     async def _emit(self, records: Sequence[Record]) -> None:

@@ -41,11 +41,13 @@ class ModbusEndpoint:
         """Read ``count`` registers (or bits, as 0/1) starting at zero-based ``address``."""
         async with self._lock:
             try:
-                if not self._client.connected and not await self._client.connect():
-                    raise DeviceUnreachable(f"cannot connect to {self.name}")
-                response = await asyncio.wait_for(
-                    self._request(table, address, count, unit), self._timeout * 2
-                )
+                if not self._client.connected:
+                    async with asyncio.timeout(self._timeout * 2):
+                        connected = await self._client.connect()
+                    if not connected:
+                        raise DeviceUnreachable(f"cannot connect to {self.name}")
+                async with asyncio.timeout(self._timeout * 2):
+                    response = await self._request(table, address, count, unit)
             except (TimeoutError, ModbusException) as exc:
                 # a late answer would be taken for the next request's: start afresh
                 self._client.close()

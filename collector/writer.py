@@ -51,8 +51,11 @@ class BatchWriter:
                         timeout = deadline - loop.time()
                         if timeout <= 0:
                             break
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                        # cancellation that arrives as the item does
                         try:
-                            batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                            async with asyncio.timeout(timeout):
+                                batch.append(await self._queue.get())
                         except TimeoutError:
                             break
                     else:
