@@ -38,6 +38,10 @@ class AcceleratedClock:
         elapsed = time.monotonic() - self._origin
         return self._start + timedelta(seconds=elapsed * self._speed)
 
+    def wall_seconds(self, until: datetime) -> float:
+        """Real seconds from now until simulated time reaches ``until`` (0 if it has)."""
+        return max((until - self.now()).total_seconds() / self._speed, 0.0)
+
 
 class ManualClock:
     """A clock that moves only when told to."""

@@ -7,10 +7,10 @@ line and the dotted field path, so that a technician can fix the file without re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -42,6 +42,9 @@ __all__ = [
     "UsagePlan",
     "load_config",
     "parse_config",
+    "parse_document",
+    "parse_duration",
+    "read_text",
 ]
 
 DEVICE_KINDS = (
@@ -61,7 +64,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def _parse_duration(value: object) -> object:
+def parse_duration(value: object) -> object:
     """Accept ``10``, ``"10s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"250ms"`` as seconds."""
     if isinstance(value, str):
         match = _DURATION.match(value)
@@ -71,7 +74,7 @@ def _parse_duration(value: object) -> object:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
@@ -345,6 +348,7 @@ def _require_unique(values: list[str], what: str) -> None:
 # --- loading with locations -------------------------------------------------------------
 
 _Path = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _marks(node: yaml.Node, path: _Path = ()) -> Iterator[tuple[_Path, tuple[int, int]]]:
@@ -427,8 +431,17 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
                     plan_ids[plan_id] = (index, plan_index)
 
 
-def parse_config(text: str, file: str = "<config>") -> SiteConfig:
-    """Validate a site configuration given as YAML text; raise ConfigError listing every issue."""
+def parse_document(
+    text: str,
+    file: str,
+    model: type[_M],
+    *,
+    checks: Callable[[dict[str, Any]], Iterable[tuple[_Path, str]]] | None = None,
+    after: Callable[[_M], Iterable[tuple[_Path, str]]] | None = None,
+) -> _M:
+    """Validate a YAML document against ``model``; raise ConfigError listing every issue, each
+    with the file, line and field. ``checks`` look at the raw data (issues pydantic cannot see
+    across items); ``after`` looks at the validated model (issues that need other files)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -444,9 +457,9 @@ def parse_config(text: str, file: str = "<config>") -> SiteConfig:
             [ConfigIssue(file, 1, 1, "(top level)", "expected a mapping of settings")]
         )
     marks = dict(_marks(node))
-    issues = [_issue(file, marks, path, message) for path, message in _cross_checks(data)]
+    issues = [_issue(file, marks, path, message) for path, message in (checks or _none)(data)]
     try:
-        config = SiteConfig.model_validate(data)
+        document = model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
@@ -455,21 +468,34 @@ def parse_config(text: str, file: str = "<config>") -> SiteConfig:
                     file, marks, _resolve(data, error["loc"], error["type"] == "missing"), message
                 )
             )
-        config = None
+    else:
+        if after is not None:
+            issues += [_issue(file, marks, path, message) for path, message in after(document)]
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         raise ConfigError(issues)
-    assert config is not None
-    return config
+    return document
 
 
-def load_config(path: Path | str) -> SiteConfig:
-    """Read and validate a site configuration file."""
-    path = Path(path)
+def _none(data: dict[str, Any]) -> Iterable[tuple[_Path, str]]:
+    return ()
+
+
+def parse_config(text: str, file: str = "<config>") -> SiteConfig:
+    """Validate a site configuration given as YAML text; raise ConfigError listing every issue."""
+    return parse_document(text, file, SiteConfig, checks=_cross_checks)
+
+
+def read_text(path: Path | str) -> str:
+    """A configuration file's text, or a ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue(str(path), None, None, "(file)", exc.strerror or str(exc))]
         ) from exc
-    return parse_config(text, str(path))
+
+
+def load_config(path: Path | str) -> SiteConfig:
+    """Read and validate a site configuration file."""
+    return parse_config(read_text(path), str(path))

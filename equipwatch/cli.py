@@ -8,24 +8,31 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from core.clock import AcceleratedClock, SystemClock
-from core.config import MqttSource, load_config
+from core.config import MqttSettings, MqttSource, load_config, parse_duration
 from core.errors import ConfigError
-from core.net import free_port
 from core.store import SqliteStore
-from equipwatch.broker import run_embedded_broker
+from equipwatch.broker import embedded_broker
 from equipwatch.runtime import Service, bind_api_socket, run_until
-from simulators.fleet import SimulatedFleet, default_start, localize_modbus_endpoints
+from simulators.fleet import (
+    SimulatedFleet,
+    default_start,
+    fleet_of,
+    generate_site,
+    load_fleet,
+    localize_modbus_endpoints,
+    site_yaml,
+)
+from simulators.scenario import ScenarioRunner, load_scenario
 
 __all__ = ["main"]
 
 log = logging.getLogger("equipwatch")
-
-BROKER_START_TIMEOUT = 15.0
 
 
 def sample_config_path() -> Path:
@@ -54,62 +61,98 @@ async def _demo(args: argparse.Namespace) -> int:
     site = load_config(args.config)
     site, moved = localize_modbus_endpoints(site)
     stop = _stop_event()
-    broker: asyncio.Task[None] | None = None
-    mqtt_url: str | None = args.mqtt_url
-    try:
-        if mqtt_url is None:
-            port = free_port()
-            started = asyncio.Event()
-            broker = asyncio.create_task(
-                run_embedded_broker("127.0.0.1", port, started), name="embedded-broker"
-            )
-            waiter = asyncio.create_task(started.wait())
-            await asyncio.wait(
-                {broker, waiter}, timeout=BROKER_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-            )
-            waiter.cancel()
-            if broker.done():
-                broker.result()  # re-raises why the broker could not start
-            if not started.is_set():
-                raise RuntimeError("the embedded MQTT broker did not start")
-            mqtt_url = f"mqtt://127.0.0.1:{port}"
+    async with AsyncExitStack() as stack:
+        mqtt_url: str = args.mqtt_url or await stack.enter_async_context(embedded_broker())
         zone = ZoneInfo(site.site.timezone)
         sim_start = site.simulation.start or default_start(zone, SystemClock().now())
         speed = args.speed or site.simulation.speed
         sim_clock = AcceleratedClock(sim_start, speed)
         fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=sim_clock)
         data_dir: Path = args.data_dir
-        async with SqliteStore(data_dir / "equipwatch.sqlite") as store:
-            port = site.api.port if args.port is None else args.port  # 0 asks for a free port
-            api_socket = bind_api_socket(site.api.host, port, fall_back=True)
-            host, port = api_socket.getsockname()[:2]
-            service = Service(
-                site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
-            )
-            url = f"http://{host}:{port}"
-            print(
-                f"\nequipwatch demo is running "
-                f"({len(site.devices) - len(fleet.skipped)} simulated devices, "
-                f"simulated time x{speed:g}).\n"
-                + "".join(f"  Not simulated:    {device_id}\n" for device_id in fleet.skipped)
-                + f"  Devices:          {url}/api/v1/devices\n"
-                f"  Maintenance due:  {url}/api/v1/maintenance/due\n"
-                f"  Alarms:           {url}/api/v1/alarms\n"
-                f"  API docs:         {url}/docs\n"
-                f"  MQTT broker:      {mqtt_url}"
-                + ("" if args.mqtt_url else " (embedded)")
-                + "\n"
-                + "".join(f"  Modbus {old} simulated at {new}\n" for old, new in moved.items())
-                + f"  Data:             {data_dir}\n"
-                "Press Ctrl-C to stop.\n",
-                flush=True,
-            )
-            await run_until(stop, fleet.tasks() + service.tasks())
-    finally:
-        if broker is not None:
-            broker.cancel()
-            await asyncio.gather(broker, return_exceptions=True)
+        store = await stack.enter_async_context(SqliteStore(data_dir / "equipwatch.sqlite"))
+        port = site.api.port if args.port is None else args.port  # 0 asks for a free port
+        api_socket = bind_api_socket(site.api.host, port, fall_back=True)
+        host, port = api_socket.getsockname()[:2]
+        service = Service(
+            site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
+        )
+        url = f"http://{host}:{port}"
+        print(
+            f"\nequipwatch demo is running "
+            f"({len(fleet.targets)} simulated devices, simulated time x{speed:g}).\n"
+            + "".join(f"  Not simulated:    {device_id}\n" for device_id in fleet.skipped)
+            + f"  Devices:          {url}/api/v1/devices\n"
+            f"  Maintenance due:  {url}/api/v1/maintenance/due\n"
+            f"  Alarms:           {url}/api/v1/alarms\n"
+            f"  API docs:         {url}/docs\n"
+            f"  MQTT broker:      {mqtt_url}"
+            + ("" if args.mqtt_url else " (embedded)")
+            + "\n"
+            + "".join(f"  Modbus {old} simulated at {new}\n" for old, new in moved.items())
+            + f"  Data:             {data_dir}\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        await run_until(stop, fleet.tasks() + service.tasks())
     print("equipwatch demo stopped.", flush=True)
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        site = load_config(args.config)
+        qos = 1
+    else:
+        settings = {"interval": args.interval} if args.interval else {}
+        spec = (
+            fleet_of(int(args.fleet), **settings)
+            if args.fleet.isdigit()
+            else load_fleet(args.fleet).model_copy(update=settings)
+        )
+        site = generate_site(spec, mqtt_url=args.mqtt_url)
+        qos = spec.qos
+    stop = _stop_event()
+    async with AsyncExitStack() as stack:
+        mqtt_url: str = args.mqtt_url or await stack.enter_async_context(embedded_broker())
+        if args.config is None and args.mqtt_url is None:
+            site = site.model_copy(update={"mqtt": MqttSettings(url=mqtt_url)})
+        zone = ZoneInfo(site.site.timezone)
+        origin = site.simulation.start or default_start(zone, SystemClock().now())
+        clock = AcceleratedClock(origin, args.speed or site.simulation.speed)
+        fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=clock, qos=qos)
+        tasks = fleet.tasks()
+        if args.scenario is not None:
+            scenario = load_scenario(args.scenario, site, origin)
+            runner = ScenarioRunner(scenario, fleet.targets, clock=clock, origin=origin)
+            tasks.append(("scenario", runner.run()))
+        text = site_yaml(site)
+        if args.write_config is not None:
+            args.write_config.write_text(text, encoding="utf-8")
+            where = f"written to {args.write_config}"
+        else:
+            print(text, flush=True)
+            where = "printed above"
+        print(
+            f"simulating {len(fleet.targets)} devices from {origin.isoformat()} at "
+            f"x{clock.speed:g}; MQTT broker {mqtt_url}; site config {where}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(args.stats_every)
+                print(f"simulator: {fleet.stats.line()}", file=sys.stderr, flush=True)
+
+        async def deadline() -> None:
+            await asyncio.sleep(args.duration)
+            stop.set()
+
+        tasks.append(("simulator-stats", report()))
+        if args.duration:
+            tasks.append(("deadline", deadline()))
+        await run_until(stop, tasks)
+    print(f"simulator stopped: {fleet.stats.line()}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -145,6 +188,15 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+        assert isinstance(seconds, float)
+    except (ValueError, AssertionError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 10s or 5m") from exc
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equipwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -169,6 +221,29 @@ def _parser() -> argparse.ArgumentParser:
         help="API port; 0 takes a free one (default: the config's)",
     )
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="run simulated devices: a generated fleet, or the devices of a site config",
+    )
+    what = simulate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--fleet", help="a number of devices, or a fleet file (YAML)")
+    what.add_argument("--config", type=Path, help="simulate the devices of this site config")
+    simulate.add_argument("--scenario", type=Path, help="scripted events (YAML)")
+    simulate.add_argument("--speed", type=float, help="how much faster simulated time runs")
+    simulate.add_argument("--mqtt-url", help="broker to publish to (default: an embedded one)")
+    simulate.add_argument(
+        "--interval", type=_duration, help="how often each device reports (default 10s)"
+    )
+    simulate.add_argument(
+        "--write-config", type=Path, help="write the fleet's site config here, not to stdout"
+    )
+    simulate.add_argument(
+        "--duration", type=_duration, help="stop after this long (real time); default: Ctrl-C"
+    )
+    simulate.add_argument(
+        "--stats-every", type=_duration, default=60.0, help="progress line interval (60s)"
+    )
+
     run = commands.add_parser("run", help="run collectors, rules and API against real devices")
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--mqtt-url", help="broker URL (default: the config's mqtt.url)")
@@ -185,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "demo":
             return asyncio.run(_demo(args))
+        if args.command == "simulate":
+            return asyncio.run(_simulate(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"equipwatch: the configuration has {len(exc.issues)} problem(s):", file=sys.stderr)

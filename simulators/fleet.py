@@ -1,32 +1,216 @@
-"""Builds the simulated devices a site configuration describes.
+"""Fleets of simulated devices: generated from a count or a fleet file, or taken from a site
+configuration, and run as named tasks.
 
-A device is simulated when the simulators know its kind; its initial counters come from the
-configuration's ``simulation.initial`` section.
+A generated fleet comes with the site configuration that reads it, so collectors can be
+pointed at the simulators with no hand editing: MQTT topics follow the documented scheme and
+Modbus register maps are the kinds' own.
+
+A fleet file::
+
+    site: {name: Riverside Family Practice, timezone: Europe/London}
+    devices: {autoclave: 20, vaccine_fridge: 10, ups: 5, compressor: 5}
+    interval: 10s          # how often each device reports (real time)
+    qos: 1
+    units_per_port: 50     # Modbus devices behind one simulated gateway port
+    seed: 1
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import re
+import zlib
+from collections.abc import Coroutine, Mapping
 from datetime import datetime, time, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from core.clock import Clock, SystemClock
-from core.config import Device, ModbusSource, MqttSource, SiteConfig
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from core.clock import AcceleratedClock
+from core.config import (
+    DEVICE_KINDS,
+    Device,
+    ModbusSource,
+    MqttSource,
+    Seconds,
+    SiteConfig,
+    SiteInfo,
+    parse_config,
+    parse_document,
+    read_text,
+)
 from core.net import free_port
-from simulators.devices.autoclave import AutoclaveModel
-from simulators.devices.ups import REGISTER_COUNT, UpsModel
+from simulators.behaviour import Behaviour
+from simulators.devices import MODELS
+from simulators.devices.base import DeviceModel
 from simulators.devices.usage import ClinicHours
-from simulators.modbus import ModbusSimServer
-from simulators.mqtt import MqttDeviceSim
+from simulators.modbus import ModbusSimServer, ModbusUnit
+from simulators.mqtt import MqttDeviceSim, topics
+from simulators.scenario import Target
+from simulators.stats import SimStats
 
-__all__ = ["SimulatedFleet", "default_start", "localize_modbus_endpoints"]
+__all__ = [
+    "FleetSpec",
+    "SimulatedFleet",
+    "default_start",
+    "fleet_of",
+    "generate_site",
+    "load_fleet",
+    "localize_modbus_endpoints",
+    "site_yaml",
+]
 
-PUBLISH_INTERVAL = 2.0  # real seconds between an MQTT device's messages
+# the mix of a multi-site practice: many pumps and fridges, few X-ray rooms
+MIX = {
+    "infusion_pump": 4,
+    "vaccine_fridge": 3,
+    "autoclave": 2,
+    "copier": 2,
+    "ups": 2,
+    "compressor": 1,
+    "xray": 1,
+}
+
+
+def _simulated_kind(kind: str) -> str:
+    if kind not in MODELS:
+        known = ", ".join(k for k in DEVICE_KINDS if k in MODELS)
+        raise ValueError(f"unknown device kind {kind!r}; simulated kinds: {known}")
+    return kind
+
+
+class FleetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: SiteInfo = SiteInfo(name="Simulated practice", timezone="Europe/London")
+    devices: dict[Annotated[str, AfterValidator(_simulated_kind)], Annotated[int, Field(ge=0)]] = (
+        Field(min_length=1, description="how many devices of each kind")
+    )
+    interval: Seconds = 10.0
+    qos: Literal[0, 1, 2] = 1
+    units_per_port: int = Field(default=50, ge=1, le=247)
+    modbus_host: str = "127.0.0.1"
+    seed: int = 1
+
+    @field_validator("devices")
+    @classmethod
+    def _some_devices(cls, devices: dict[str, int]) -> dict[str, int]:
+        if sum(devices.values()) == 0:
+            raise ValueError("the fleet has no devices")
+        return devices
+
+
+def fleet_of(count: int, **settings: Any) -> FleetSpec:
+    """``count`` devices in the proportions of ``MIX``, every kind present once there is room."""
+    if count < 1:
+        raise ValueError("a fleet needs at least one device")
+    mix = {kind: weight for kind, weight in MIX.items() if kind in MODELS}
+    total = sum(mix.values())
+    kinds = dict.fromkeys(mix, 1 if count >= len(mix) else 0)
+    for _ in range(count - sum(kinds.values())):
+        # deal the rest out where the share falls furthest short: stable and exact
+        kind = max(mix, key=lambda k: (mix[k] * count / total - kinds[k], mix[k]))
+        kinds[kind] += 1
+    return FleetSpec(devices={k: n for k, n in kinds.items() if n}, **settings)
+
+
+def load_fleet(path: Path | str) -> FleetSpec:
+    return parse_document(read_text(path), str(path), FleetSpec)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "site"
+
+
+def generate_site(spec: FleetSpec, *, mqtt_url: str | None) -> SiteConfig:
+    """The site configuration that reads ``spec``'s devices; Modbus gateways get free ports."""
+    slug = _slug(spec.site.name)
+    devices: list[dict[str, Any]] = []
+    modbus_index = 0
+    ports: list[int] = []
+    for kind, count in spec.devices.items():
+        model = MODELS[kind]
+        for number in range(1, count + 1):
+            device_id = f"{kind.replace('_', '-')}-{number:03d}"
+            if model.transport == "mqtt":
+                topic, status = topics(slug, device_id)
+                source: dict[str, Any] = {
+                    "protocol": "mqtt",
+                    "topic": topic,
+                    "status_topic": status,
+                    "timestamp_field": "ts",
+                    "expected_interval": spec.interval,
+                    "fields": _payload_fields(model),
+                }
+            else:
+                port_index, unit = divmod(modbus_index, spec.units_per_port)
+                modbus_index += 1
+                if port_index == len(ports):
+                    ports.append(free_port())
+                source = {
+                    "protocol": "modbus",
+                    "host": spec.modbus_host,
+                    "port": ports[port_index],
+                    "unit": unit + 1,
+                    "interval": spec.interval,
+                    "timeout": 1.0,
+                    "registers": [
+                        r.model_dump(mode="json", exclude_defaults=True) for r in model.register_map
+                    ],
+                }
+            plans = [
+                {"id": f"{device_id}-{plan['suffix']}"}
+                | {k: v for k, v in plan.items() if k != "suffix"}
+                for plan in model.default_plans
+            ]
+            devices.append(
+                {
+                    "id": device_id,
+                    "kind": kind,
+                    "manufacturer": "Simulated",
+                    "model": f"{kind} simulator",
+                    "serial": f"SIM-{zlib.crc32(device_id.encode()) % 1_000_000:06d}",
+                    "location": f"Room {number % 12 + 1}",
+                    "source": source,
+                    "plans": plans,
+                }
+            )
+    data = {
+        "site": spec.site.model_dump(mode="json"),
+        "mqtt": {"url": mqtt_url} if mqtt_url else {},
+        "simulation": {"seed": spec.seed},
+        "devices": devices,
+    }
+    return parse_config(site_yaml_text(data), "<generated fleet>")
+
+
+def _payload_fields(model: type[DeviceModel]) -> list[dict[str, Any]]:
+    fields: list[dict[str, Any]] = []
+    for channel in model.channels:
+        field: dict[str, Any] = {"field": channel.name, "kind": str(channel.kind)}
+        if channel.unit:
+            field["unit"] = channel.unit
+        if channel.width:
+            field["width"] = channel.width
+        fields.append(field)
+    fields.append({"field": "faults", "kind": "fault"})
+    return fields
+
+
+def site_yaml_text(data: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, width=100)
+
+
+def site_yaml(site: SiteConfig) -> str:
+    """A site configuration as the YAML a technician would write."""
+    header = "# generated by `equipwatch simulate`; check with `equipwatch check-config`\n"
+    return header + site_yaml_text(site.model_dump(mode="json", exclude_defaults=True))
 
 
 def default_start(zone: ZoneInfo, today: datetime) -> datetime:
-    """The most recent Monday at 07:50 local time, so a demo starts with a clinic day."""
+    """The most recent Monday at 07:50 local time, so a simulation starts with a clinic day."""
     local = today.astimezone(zone)
     monday = local.date() - timedelta(days=local.weekday())
     return datetime.combine(monday, time(7, 50), zone)
@@ -49,77 +233,87 @@ def localize_modbus_endpoints(site: SiteConfig) -> tuple[SiteConfig, dict[str, s
     return site.model_copy(update={"devices": devices}), moved
 
 
-class SimulatedFleet:
-    """The simulated devices of a site, as named coroutines to run in a TaskGroup."""
+def device_seed(site_seed: int, device_id: str) -> int:
+    """Stable across processes (``hash`` of a string is not)."""
+    return site_seed * 1_000_003 + zlib.crc32(device_id.encode())
 
-    def __init__(self, site: SiteConfig, *, mqtt_url: str | None, clock: Clock) -> None:
+
+class SimulatedFleet:
+    """The simulated devices of a site, as named coroutines to run in a TaskGroup.
+
+    A device is simulated when its kind has a model and its transport is the model's; the
+    others are listed in ``skipped``.
+    """
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        mqtt_url: str | None,
+        clock: AcceleratedClock,
+        qos: int = 1,
+        stats: SimStats | None = None,
+    ) -> None:
         self._site = site
         self._mqtt_url = mqtt_url
         self._clock = clock
-        self._wall = SystemClock()
-        self.skipped = [d.id for d in site.devices if not self._simulates(d)]
+        self._qos = qos
+        self.stats = stats or SimStats()
+        zone = ZoneInfo(site.site.timezone)
+        hours = ClinicHours(zone)
+        start = clock.now()
+        self.targets: dict[str, Target] = {}
+        self.skipped: list[str] = []
+        for device in site.devices:
+            model_type = MODELS.get(device.kind)
+            if model_type is None or not self._transport_fits(device, model_type):
+                self.skipped.append(device.id)
+                continue
+            model = model_type(
+                seed=device_seed(site.simulation.seed, device.id),
+                start=start,
+                hours=hours,
+                initial=site.simulation.initial.get(device.id),
+            )
+            self.targets[device.id] = Target(device.kind, model, Behaviour())
 
-    def _simulates(self, device: Device) -> bool:
-        if device.kind == "autoclave":
-            return isinstance(device.source, MqttSource) and self._mqtt_url is not None
-        return device.kind == "ups" and isinstance(device.source, ModbusSource)
+    def _transport_fits(self, device: Device, model: type[DeviceModel]) -> bool:
+        if isinstance(device.source, MqttSource):
+            return model.transport == "mqtt" and self._mqtt_url is not None
+        return model.transport == "modbus"
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        site = self._site
-        zone = ZoneInfo(site.site.timezone)
-        start = self._clock.now()
-        hours = ClinicHours(zone)
         tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
-        modbus_units: dict[tuple[str, int], dict[int, tuple[int, Any]]] = {}
-        for index, device in enumerate(site.devices):
-            initial = site.simulation.initial.get(device.id, {})
-            seed = site.simulation.seed * 1000 + index
-            source = device.source
-            if not self._simulates(device):
+        gateways: dict[tuple[str, int], dict[int, ModbusUnit]] = {}
+        mqtt_ids = [d.id for d in self._site.devices if isinstance(d.source, MqttSource)]
+        position = {device_id: index for index, device_id in enumerate(mqtt_ids)}
+        for device in self._site.devices:
+            target = self.targets.get(device.id)
+            if target is None:
                 continue
+            source = device.source
             if isinstance(source, MqttSource):
                 assert self._mqtt_url is not None
-                model = AutoclaveModel(
-                    seed=seed,
-                    start=start,
-                    hours=hours,
-                    cycles_total=int(initial.get("cycles_total", 0)),
-                    failed_cycles=int(initial.get("failed_cycles", 0)),
-                )
+                # spread first messages over one interval so a fleet does not publish in step
+                phase = source.expected_interval * position[device.id] / len(mqtt_ids)
                 sim = MqttDeviceSim(
                     device_id=device.id,
                     url=self._mqtt_url,
                     topic=source.topic,
                     status_topic=source.status_topic,
-                    payload=self._autoclave_payload(model),
-                    interval=PUBLISH_INTERVAL,
+                    model=target.model,
+                    clock=self._clock,
+                    interval=source.expected_interval,
+                    qos=self._qos,
+                    behaviour=target.behaviour,
+                    stats=self.stats,
+                    phase=phase,
                 )
                 tasks.append((f"simulator[{device.id}]", sim.run()))
             else:
-                assert isinstance(source, ModbusSource)
-                ups = UpsModel(
-                    seed=seed,
-                    start=start,
-                    run_hours=initial.get("run_hours", 0.0),
-                    line_fail_count=int(initial.get("line_fail_count", 0)),
-                )
-                units = modbus_units.setdefault((source.host, source.port), {})
-                units[source.unit] = (REGISTER_COUNT, self._ups_registers(ups))
-        for (host, port), units in modbus_units.items():
-            server = ModbusSimServer(host, port, units)
+                units = gateways.setdefault((source.host, source.port), {})
+                units[source.unit] = ModbusUnit(target.model, target.behaviour)
+        for (host, port), units in gateways.items():
+            server = ModbusSimServer(host, port, units, clock=self._clock, stats=self.stats)
             tasks.append((f"simulator[modbus {host}:{port}]", server.serve()))
         return tasks
-
-    def _autoclave_payload(self, model: AutoclaveModel) -> Any:
-        def payload() -> dict[str, Any]:
-            model.advance(self._clock.now())
-            return model.payload(self._wall.now())
-
-        return payload
-
-    def _ups_registers(self, model: UpsModel) -> Any:
-        def registers() -> list[int]:
-            model.advance(self._clock.now())
-            return model.registers()
-
-        return registers
