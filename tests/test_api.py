@@ -76,7 +76,12 @@ async def test_devices_list_names_every_configured_device(
     devices = (await http.get("/api/v1/devices")).json()
     assert [(d["id"], d["protocol"], d["status"]) for d in devices] == [
         ("autoclave-1", "mqtt", "unknown"),
+        ("fridge-1", "mqtt", "unknown"),
+        ("xray-1", "mqtt", "unknown"),
+        ("pump-1", "mqtt", "unknown"),
+        ("copier-1", "mqtt", "unknown"),
         ("ups-1", "modbus", "unknown"),
+        ("compressor-1", "modbus", "unknown"),
     ]
 
 

@@ -213,7 +213,9 @@ def test_sample_config_parses() -> None:
     assert site.site.timezone == "Europe/London"
     assert site.store.flush_interval == pytest.approx(0.2)
     assert site.rules.tick == 1.0
-    autoclave, ups = site.devices
+    autoclave, ups = site.device("autoclave-1"), site.device("ups-1")
+    assert autoclave is not None
+    assert ups is not None
     assert isinstance(autoclave.source, MqttSource)
     assert autoclave.source.expected_interval == 2.0
     assert autoclave.offline_after == 6.0
@@ -258,7 +260,7 @@ def keep_logging() -> Iterator[None]:
 def test_check_config_accepts_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(SAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert f"{SAMPLE}: OK: 2 devices (1 MQTT, 1 Modbus), 3 maintenance plans" in out
+    assert f"{SAMPLE}: OK: 7 devices (5 MQTT, 2 Modbus), 8 maintenance plans" in out
 
 
 @pytest.mark.usefixtures("keep_logging")

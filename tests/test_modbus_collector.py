@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from collector.modbus import ModbusCollector, plan_requests
 from collector.modbus_client import ModbusEndpoint
-from core.clock import ManualClock
+from core.clock import AcceleratedClock, ManualClock
 from core.config import Device, ModbusSource, SiteConfig
 from core.errors import DeviceRefused
 from core.net import free_port
-from core.records import DeadLetter, Reading, Record, StatusChange
-from simulators.devices.ups import REGISTER_COUNT, UpsModel
-from simulators.modbus import ModbusSimServer
+from core.records import DeadLetter, FaultEvent, MetricKind, Reading, Record, StatusChange
+from core.registers import DataType
+from simulators.devices.ups import UpsModel
+from simulators.devices.usage import ClinicHours
+from simulators.modbus import ModbusSimServer, ModbusUnit
 from tests.support import sample_site, wait_for
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -45,9 +48,17 @@ def ups_device(site: SiteConfig, device_id: str, port: int, unit: int = 1) -> De
 
 @pytest.fixture
 async def ups_server() -> AsyncIterator[tuple[int, UpsModel]]:
-    model = UpsModel(seed=3, start=START, run_hours=18250.5, line_fail_count=65534)
+    model = UpsModel(
+        seed=3,
+        start=START,
+        hours=ClinicHours(ZoneInfo("UTC")),
+        initial={"run_hours": 18250.5, "line_fail_count": 65534},
+    )
+    model.inject_fault("REPLACE_BATTERY", None)
     port = free_port()
-    server = ModbusSimServer("127.0.0.1", port, {1: (REGISTER_COUNT, model.registers)})
+    # speed 1e-9: simulated time stands still, so the model is what the test set up
+    clock = AcceleratedClock(START, 1e-9)
+    server = ModbusSimServer("127.0.0.1", port, {1: ModbusUnit(model)}, clock=clock)
     task = asyncio.create_task(server.serve())
     endpoint = ModbusEndpoint("127.0.0.1", port, timeout=0.5)
 
@@ -65,13 +76,17 @@ async def ups_server() -> AsyncIterator[tuple[int, UpsModel]]:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def test_the_sample_ups_map_is_read_in_one_request() -> None:
+def test_the_sample_ups_map_is_read_in_one_request_per_table() -> None:
     site = sample_site()
     device = site.device("ups-1")
     assert device is not None
     assert isinstance(device.source, ModbusSource)
-    [request] = plan_requests(device.source.registers)
-    assert (request.table, request.address, request.count) == ("holding", 0, 8)
+    requests = plan_requests(device.source.registers, max_gap=2)
+    assert [(r.table, r.address, r.count) for r in requests] == [
+        ("holding", 0, 18),
+        ("input", 0, 4),
+        ("discrete", 0, 3),
+    ]
 
 
 async def test_poll_decodes_exactly_what_the_simulator_holds(
@@ -88,7 +103,16 @@ async def test_poll_decodes_exactly_what_the_simulator_holds(
     finally:
         endpoint.close()
     values = {r.metric: r.value for r in records if isinstance(r, Reading)}
-    assert values == pytest.approx(model.values())
+    specs = device.source.registers
+    expected = {
+        name: value
+        for name, value in model.values().items()
+        if next(s for s in specs if s.name == name).kind is not MetricKind.FAULT
+        and next(s for s in specs if s.name == name).type is not DataType.STRING
+    }
+    assert values == pytest.approx(expected, rel=1e-6)  # float32 voltages
+    faults = {(r.code, r.active) for r in records if isinstance(r, FaultEvent)}
+    assert faults == {("REPLACE_BATTERY", True)}
     line_fails = next(
         r for r in records if isinstance(r, Reading) and r.metric == "line_fail_count"
     )
@@ -136,7 +160,7 @@ async def test_a_dead_device_goes_offline_while_a_live_one_keeps_reporting(
         seen = live_readings()
 
         async def live_keeps_reporting() -> bool:
-            return live_readings() >= seen + 7 * 3  # three more polls of seven registers
+            return live_readings() >= seen + 9 * 3  # three more polls of nine readings
 
         await wait_for(live_keeps_reporting, timeout=15, what="the live UPS to keep reporting")
     finally:
