@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from collector.base import CollectorStats, FaultTracker, OnlineTracker, RecordSink
 from collector.modbus_client import ModbusEndpoint, Table
+from core.aio import raise_if_cancelling
 from core.clock import Clock
 from core.config import Device, ModbusSource, RegisterSpec
 from core.errors import DeviceError, DeviceRefused, DeviceTimeout
@@ -133,11 +134,7 @@ class ModbusCollector:
                 await self._emit(
                     self._online.mark(device.id, True, self._clock.now(), "answered") + records
                 )
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                # pymodbus connects with asyncio.wait_for, which on Python 3.11 can swallow a
-                # cancellation that arrives as the connection attempt ends
-                raise asyncio.CancelledError
+            raise_if_cancelling()  # pymodbus's connect can swallow one (wait_for, 3.11)
             next_poll += source.interval
             # after a long stall, skip the missed polls rather than firing them back to back
             next_poll = max(next_poll, loop.time())

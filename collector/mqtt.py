@@ -13,6 +13,7 @@ import aiomqtt
 
 from collector.base import CollectorStats, FaultTracker, OnlineTracker, RecordSink
 from collector.mapping import map_payload
+from core.aio import raise_if_cancelling
 from core.clock import Clock
 from core.config import Device, MqttSource
 from core.errors import PayloadError
@@ -84,6 +85,7 @@ class MqttCollector:
                 ) as client:
                     for topic in (*self._by_topic, *self._by_status_topic):
                         await client.subscribe(topic, qos=1)
+                    raise_if_cancelling()  # aiomqtt's connect and subscribe can swallow one
                     attempt = 0
                     self.connected.set()
                     log.info(

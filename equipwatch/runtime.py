@@ -27,6 +27,9 @@ __all__ = ["Service", "bind_api_socket", "run_until"]
 log = logging.getLogger(__name__)
 
 
+SLOW_STOP = 10.0  # seconds after a stop request before the tasks still running are named
+
+
 class _Stopped(Exception):
     """Raised inside the task group to end it when a stop was asked for."""
 
@@ -131,14 +134,33 @@ async def run_until(
     """Run every task in one TaskGroup until ``stop`` is set or one fails; then cancel and await
     them all. A task's failure propagates; a requested stop does not."""
 
+    started: list[asyncio.Task[None]] = []
+
     async def stopper() -> None:
         await stop.wait()
+        asyncio.get_running_loop().call_later(SLOW_STOP, _report_slow_stop, started)
         raise _Stopped
 
     try:
         async with asyncio.TaskGroup() as group:
             for name, coroutine in tasks:
-                group.create_task(coroutine, name=name)
+                started.append(group.create_task(coroutine, name=name))
             group.create_task(stopper(), name="stopper")
     except* _Stopped:
         pass
+
+
+def _report_slow_stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Name what a stop is still waiting for, so a hang can be told from a slow goodbye."""
+    pending = [task for task in tasks if not task.done()]
+    if pending:
+        log.warning(
+            "still stopping after %gs; waiting for %d task(s): %s",
+            SLOW_STOP,
+            len(pending),
+            ", ".join(task.get_name() for task in pending[:10]),
+        )
+        for task in pending[:3]:
+            frames = task.get_stack(limit=8)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            log.warning("  %s at %s", task.get_name(), where)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from core.aio import raise_if_cancelling
 from core.clock import AcceleratedClock, Clock, SystemClock
 from simulators.behaviour import Behaviour
 from simulators.devices.base import DeviceModel
@@ -119,6 +120,7 @@ class MqttDeviceSim:
                     self.stats.connects += 1
                     if self._status_topic:
                         await client.publish(self._status_topic, b"online", qos=1, retain=True)
+                    raise_if_cancelling()
                     next_at = await self._publish_until_outage(client, next_at)
             except aiomqtt.MqttError as exc:
                 delay = random.uniform(0, min(10.0, 1.5**attempt))
@@ -137,6 +139,7 @@ class MqttDeviceSim:
                     await self._lose_power(client)
                     return next_at
                 await client.publish(self._topic, self.body(now), qos=self._qos)
+                raise_if_cancelling()  # aiomqtt's publish can swallow one (wait_for, 3.11)
                 self.stats.published += 1
                 slow = self.behaviour.active("slow", now)
                 next_at += self._interval + (slow.delay if slow else 0.0)
