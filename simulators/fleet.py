@@ -279,7 +279,8 @@ class SimulatedFleet:
 
     def _transport_fits(self, device: Device, model: type[DeviceModel]) -> bool:
         if isinstance(device.source, MqttSource):
-            return model.transport == "mqtt" and self._mqtt_url is not None
+            # a simulated device publishes on its own topic, not on a template's
+            return model.transport == "mqtt" and bool(self._mqtt_url and device.source.topic)
         return model.transport == "modbus"
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
@@ -294,6 +295,7 @@ class SimulatedFleet:
             source = device.source
             if isinstance(source, MqttSource):
                 assert self._mqtt_url is not None
+                assert source.topic is not None
                 # spread first messages over one interval so a fleet does not publish in step
                 phase = source.expected_interval * position[device.id] / len(mqtt_ids)
                 sim = MqttDeviceSim(

@@ -25,6 +25,7 @@ from simulators.devices.compressor import (
 from simulators.devices.copier import CARTRIDGE_PAGES, CopierModel
 from simulators.devices.registermap import TABLES, encode_tables, table_sizes
 from simulators.devices.usage import ClinicHours
+from tests.model_trace import steps, trace
 
 LONDON = ZoneInfo("Europe/London")
 HOURS = ClinicHours(LONDON)
@@ -47,30 +48,6 @@ def _copier(seed: int = 1, **initial: float) -> CopierModel:
 
 def _compressor(seed: int = 1, **initial: float) -> CompressorModel:
     return CompressorModel(seed=seed, start=MONDAY, hours=HOURS, initial=initial or None)
-
-
-def _steps(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
-    now = start
-    while now < end:
-        now = min(now + step, end)
-        yield now
-
-
-Snapshot = tuple[dict[str, Value], list[str]]
-
-
-def _trace(
-    model: DeviceModel, checkpoints: list[datetime], step: timedelta | None
-) -> list[Snapshot]:
-    """The model at every checkpoint; with ``step``, also advanced by ``step`` in between."""
-    trace: list[Snapshot] = []
-    for checkpoint in checkpoints:
-        if step is not None:
-            for now in _steps(model.now, checkpoint, step):
-                model.advance(now)
-        model.advance(checkpoint)
-        trace.append((model.values(), model.faults()))
-    return trace
 
 
 # odd offsets, so checkpoints fall inside slots, runs and closed hours alike
@@ -140,15 +117,15 @@ def test_unknown_fault_or_counter_is_a_model_error(make: ModelFactory) -> None:
 
 def test_copier_same_values_however_often_advanced() -> None:
     # a nearly empty cartridge, so that the week holds an empty spell and a replacement
-    coarse = _trace(_copier(seed=5, toner_pct=3.0), CHECKPOINTS, None)
-    fine = _trace(_copier(seed=5, toner_pct=3.0), CHECKPOINTS, timedelta(minutes=7))
+    coarse = trace(_copier(seed=5, toner_pct=3.0), CHECKPOINTS, None)
+    fine = trace(_copier(seed=5, toner_pct=3.0), CHECKPOINTS, timedelta(minutes=7))
     single = _copier(seed=5, toner_pct=3.0)
     single.advance(CHECKPOINTS[-1])
     assert fine == coarse
     assert coarse[-1] == (single.values(), single.faults())
     assert any("TONER_EMPTY" in faults for _, faults in coarse)
     assert coarse[-1][0]["pages_total"] != coarse[0][0]["pages_total"]
-    other_seed = _trace(_copier(seed=6, toner_pct=3.0), CHECKPOINTS, None)
+    other_seed = trace(_copier(seed=6, toner_pct=3.0), CHECKPOINTS, None)
     assert other_seed != coarse
 
 
@@ -162,7 +139,7 @@ def test_copier_same_values_however_often_advanced() -> None:
 def test_copier_prints_nothing_while_closed(start: datetime, end: datetime) -> None:
     model = CopierModel(seed=2, start=start, hours=HOURS)
     before = model.values()
-    for now in _steps(start, end, timedelta(minutes=11)):
+    for now in steps(start, end, timedelta(minutes=11)):
         model.advance(now)
         assert model.values() == before | {"state": 0}
     # and it does print once the clinic opens
@@ -190,7 +167,7 @@ def test_copier_state_is_printing_exactly_in_slots_with_pages() -> None:
 def test_copier_toner_falls_with_pages() -> None:
     model = _copier(seed=4, toner_pct=100.0, drum_life_pct=50.0)
     before = model.values()
-    for now in _steps(MONDAY, MONDAY + timedelta(days=1), timedelta(minutes=13)):
+    for now in steps(MONDAY, MONDAY + timedelta(days=1), timedelta(minutes=13)):
         previous = model.values()
         model.advance(now)
         current = model.values()
@@ -208,7 +185,7 @@ def test_copier_toner_empty_stops_printing_until_a_new_cartridge() -> None:
     assert model.faults() == ["TONER_LOW"]
     empty_open_slots = 0
     replaced = False
-    for now in _steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
+    for now in steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
         was_empty = "TONER_EMPTY" in model.faults()
         pages = model.counter("pages_total")
         model.advance(now)
@@ -252,7 +229,7 @@ def test_copier_worn_drum_prints_on_until_replaced() -> None:
     assert "DRUM_END_OF_LIFE" not in model.faults()
     worn_open_slots = worn_pages = 0
     replaced = False
-    for now in _steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
+    for now in steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
         was_worn = "DRUM_END_OF_LIFE" in model.faults()
         pages = model.counter("pages_total")
         model.advance(now)
@@ -310,8 +287,8 @@ def test_copier_pages_wrap_at_32_bits() -> None:
 
 def test_compressor_same_values_however_often_advanced() -> None:
     # a filter about to clog, so that the week holds a clogged spell and a filter change
-    coarse = _trace(_compressor(seed=2, filter_dp_kpa=34.9), CHECKPOINTS, None)
-    fine = _trace(_compressor(seed=2, filter_dp_kpa=34.9), CHECKPOINTS, timedelta(minutes=7))
+    coarse = trace(_compressor(seed=2, filter_dp_kpa=34.9), CHECKPOINTS, None)
+    fine = trace(_compressor(seed=2, filter_dp_kpa=34.9), CHECKPOINTS, timedelta(minutes=7))
     single = _compressor(seed=2, filter_dp_kpa=34.9)
     single.advance(CHECKPOINTS[-1])
     assert fine == coarse
@@ -319,13 +296,13 @@ def test_compressor_same_values_however_often_advanced() -> None:
     assert any("FILTER_CLOGGED" in faults for _, faults in coarse)
     assert "FILTER_CLOGGED" not in coarse[-1][1]
     assert coarse[-1][0]["run_hours"] != coarse[0][0]["run_hours"]
-    other_seed = _trace(_compressor(seed=3, filter_dp_kpa=34.9), CHECKPOINTS, None)
+    other_seed = trace(_compressor(seed=3, filter_dp_kpa=34.9), CHECKPOINTS, None)
     assert other_seed != coarse
 
 
 def _sample(model: CompressorModel, start: datetime, end: datetime) -> Iterator[dict[str, Value]]:
     """The model every 20 seconds: shorter than any run and any pause between runs."""
-    for now in _steps(start, end, timedelta(seconds=20)):
+    for now in steps(start, end, timedelta(seconds=20)):
         model.advance(now)
         yield model.values()
 
@@ -392,7 +369,7 @@ def test_compressor_filter_clogs_with_run_hours_until_changed() -> None:
     previous = model.values()
     clogged_open_steps = 0
     changed = False
-    for now in _steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
+    for now in steps(MONDAY, MONDAY + 2 * WEEK, timedelta(minutes=5)):
         model.advance(now)
         values = model.values()
         dp, before = float(values["filter_dp_kpa"]), float(previous["filter_dp_kpa"])

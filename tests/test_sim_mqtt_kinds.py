@@ -366,7 +366,8 @@ def test_xray_tube_fault_lasts_until_the_next_clinic_day() -> None:
 
 def test_xray_over_temperature_exactly_while_above_70() -> None:
     # a heavy workload (25 °C per exposure instead of 8) drives the tube past its limit
-    model = _model(XrayModel, heat_per_exposure_c=25.0)
+    model = _model(XrayModel)
+    model.heat_per_exposure_c = 25.0
     over = 0
     for seen in _steps(model, _at(0, 18), timedelta(minutes=1)):
         hot = float(seen.values()["tube_temp_c"]) > OVER_TEMPERATURE_C

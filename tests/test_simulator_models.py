@@ -24,6 +24,7 @@ from simulators.devices.ups import (
     UpsModel,
 )
 from simulators.devices.usage import ClinicHours
+from tests.model_trace import steps, trace
 
 LONDON = ZoneInfo("Europe/London")
 HOURS = ClinicHours(LONDON)
@@ -40,30 +41,6 @@ CYCLES_TOTAL, FAILED_CYCLES = 4490, 20
 
 def _at(day: datetime, hour: int, minute: int = 0, second: int = 0) -> datetime:
     return day.replace(hour=hour, minute=minute, second=second)
-
-
-def _steps(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
-    now = start
-    while now < end:
-        now = min(now + step, end)
-        yield now
-
-
-Snapshot = tuple[dict[str, Value], list[str]]
-
-
-def _trace(
-    model: DeviceModel, checkpoints: list[datetime], step: timedelta | None
-) -> list[Snapshot]:
-    """The model at every checkpoint; with ``step``, also advanced by ``step`` in between."""
-    trace: list[Snapshot] = []
-    for checkpoint in checkpoints:
-        if step is not None:
-            for now in _steps(model.now, checkpoint, step):
-                model.advance(now)
-        model.advance(checkpoint)
-        trace.append((model.values(), model.faults()))
-    return trace
 
 
 # --- clinic hours ------------------------------------------------------------------------
@@ -110,13 +87,14 @@ def test_clinic_hours_next_open(moment: datetime, opens: datetime) -> None:
 def _autoclave(
     start: datetime = MONDAY, *, seed: int = 7, failure_rate: float = 0.03
 ) -> AutoclaveModel:
-    return AutoclaveModel(
+    model = AutoclaveModel(
         seed=seed,
         start=start,
         hours=HOURS,
         initial={"cycles_total": CYCLES_TOTAL, "failed_cycles": FAILED_CYCLES},
-        failure_rate=failure_rate,
     )
+    model.failure_rate = failure_rate
+    return model
 
 
 # outages (by the rule re-derived in _outages below) begin in hours 30, 40 and 47 after
@@ -257,7 +235,7 @@ def test_autoclave_counts_five_weekdays_a_week() -> None:
 
 def test_autoclave_idle_at_weekend() -> None:
     model = _autoclave(_at(SATURDAY, 0))
-    for now in _steps(model.now, _at(SATURDAY + timedelta(days=1), 23, 59, 59), timedelta(hours=1)):
+    for now in steps(model.now, _at(SATURDAY + timedelta(days=1), 23, 59, 59), timedelta(hours=1)):
         model.advance(now)
         assert _cycles(model) == 0
         assert not model.running
@@ -341,7 +319,7 @@ def test_autoclave_running_stops_after_the_last_cycle() -> None:
 def test_autoclave_chamber_is_hot_exactly_while_running() -> None:
     model = _autoclave()
     hot = cold = 0
-    for now in _steps(MONDAY, MONDAY + WEEK, timedelta(minutes=4)):
+    for now in steps(MONDAY, MONDAY + WEEK, timedelta(minutes=4)):
         model.advance(now)
         values = model.values()
         assert model.running is _on_the_grid(now), now
@@ -385,7 +363,7 @@ def test_autoclave_fault_stays_until_the_next_good_cycle() -> None:
     model = _autoclave(seed=3, failure_rate=0.3)
     failures = recoveries = 0
     cycles, failed, faults = 0, 0, model.faults()
-    for now in _steps(MONDAY, MONDAY + WEEK, timedelta(minutes=15)):
+    for now in steps(MONDAY, MONDAY + WEEK, timedelta(minutes=15)):
         model.advance(now)
         new_cycles, new_failed, new_faults = _cycles(model), _failed(model), model.faults()
         assert new_cycles - cycles in (0, 1)  # 15-minute steps: at most one cycle ends
@@ -410,8 +388,8 @@ CHECKPOINTS = [
 
 
 def test_autoclave_same_values_however_often_advanced() -> None:
-    coarse = _trace(_autoclave(failure_rate=0.3), CHECKPOINTS, None)
-    fine = _trace(_autoclave(failure_rate=0.3), CHECKPOINTS, timedelta(minutes=7))
+    coarse = trace(_autoclave(failure_rate=0.3), CHECKPOINTS, None)
+    fine = trace(_autoclave(failure_rate=0.3), CHECKPOINTS, timedelta(minutes=7))
     single = _autoclave(failure_rate=0.3)
     single.advance(CHECKPOINTS[-1])
     assert fine == coarse
@@ -421,7 +399,7 @@ def test_autoclave_same_values_however_often_advanced() -> None:
     assert 0 < failed < 5 * CYCLES_PER_WEEKDAY  # some, not all, cycles failed
     assert any(faults for _, faults in coarse)
     assert len({values["chamber_temp_c"] for values, _ in coarse}) > 2  # running and idle
-    other_seed = _trace(_autoclave(seed=8, failure_rate=0.3), CHECKPOINTS, None)
+    other_seed = trace(_autoclave(seed=8, failure_rate=0.3), CHECKPOINTS, None)
     assert other_seed != coarse
 
 
@@ -721,15 +699,15 @@ def test_ups_same_values_however_often_advanced() -> None:
     checkpoints = sorted(
         [MONDAY + timedelta(hours=h, minutes=(h * 37) % 60) for h in range(1, 201, 5)] + inside
     )
-    coarse = _trace(_ups(line_fail_count=65530), checkpoints, None)
-    fine = _trace(_ups(line_fail_count=65530), checkpoints, timedelta(minutes=7))
+    coarse = trace(_ups(line_fail_count=65530), checkpoints, None)
+    fine = trace(_ups(line_fail_count=65530), checkpoints, timedelta(minutes=7))
     single = _ups(line_fail_count=65530)
     single.advance(checkpoints[-1])
     assert fine == coarse
     assert coarse[-1] == (single.values(), single.faults())
     assert any("ON_BATTERY" in faults for _, faults in coarse)
     assert int(coarse[-1][0]["line_fail_count"]) < 65530  # wrapped on the way
-    other_seed = _trace(_ups(seed=UPS_SEED + 1, line_fail_count=65530), checkpoints, None)
+    other_seed = trace(_ups(seed=UPS_SEED + 1, line_fail_count=65530), checkpoints, None)
     assert other_seed != coarse
 
 

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from core.records import MetricKind
 from simulators.devices.base import Channel, DeviceModel, Value, slot_random
-from simulators.devices.usage import ClinicHours
 
 __all__ = ["CYCLE", "AutoclaveModel"]
 
@@ -43,6 +42,7 @@ class AutoclaveModel(DeviceModel):
         "DOOR",
         "WATER_LOW",
     )
+    failure_rate = 0.03  # chance that a cycle fails with a fault code; tests may change it
     default_plans = (
         {"suffix": "service", "name": "Autoclave service (every 500 cycles)", "type": "usage",
          "metric": "cycles_total", "every": 500},
@@ -50,20 +50,10 @@ class AutoclaveModel(DeviceModel):
          "type": "calendar", "every_days": 180},
     )  # fmt: skip
 
-    def __init__(
-        self,
-        *,
-        seed: int,
-        start: datetime,
-        hours: ClinicHours,
-        initial: Mapping[str, float] | None = None,
-        failure_rate: float = 0.03,
-    ) -> None:
-        super().__init__(seed=seed, start=start, hours=hours, initial=initial)
-        self._failure_rate = failure_rate
+    def _begin(self, initial: Mapping[str, float]) -> None:
         self._water = 100.0
         self._faults: set[str] = set()
-        self._cycle_start = self._first_cycle(start)
+        self._cycle_start = self._first_cycle(self.start)
 
     def initial_counter(self, name: str, rng: random.Random) -> int:
         return rng.randint(500, 9_000) if name == "cycles_total" else rng.randint(5, 60)
@@ -91,7 +81,7 @@ class AutoclaveModel(DeviceModel):
             else:
                 self._add("cycles_total", 1)
                 self._water -= WATER_PER_CYCLE
-                if rng.random() < self._failure_rate:
+                if rng.random() < self.failure_rate:
                     self._add("failed_cycles", 1)
                     self._faults = {rng.choice(self.fault_codes[:-1])}
                 else:

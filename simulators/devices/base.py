@@ -85,8 +85,14 @@ class DeviceModel(ABC):
                     else self.initial_counter(channel.name, rng)
                 )
         self._injected: dict[str, datetime | None] = {}
+        self._begin(initial)
 
     # --- what a kind implements ---------------------------------------------------------
+
+    def _begin(self, initial: Mapping[str, float]) -> None:
+        """Set up the kind's own state at ``self.start``; ``initial`` may give starting values
+        of gauges as well as counters. Kinds whose state is all counters need nothing here."""
+        return
 
     @abstractmethod
     def _simulate(self, start: datetime, end: datetime) -> None:

@@ -28,7 +28,6 @@ from core.records import MetricKind
 from core.registers import DataType, Order
 from simulators.devices.base import Channel, DeviceModel, Value, slot_random
 from simulators.devices.registermap import spec
-from simulators.devices.usage import ClinicHours
 
 __all__ = [
     "CLEAN_FILTER_KPA",
@@ -122,28 +121,16 @@ class CompressorModel(DeviceModel):
          "type": "usage", "metric": "run_hours", "every": 2000},
     )  # fmt: skip
 
-    def __init__(
-        self,
-        *,
-        seed: int,
-        start: datetime,
-        hours: ClinicHours,
-        initial: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(seed=seed, start=start, hours=hours, initial=initial)
-        initial = initial or {}
-        day = datetime(2000, 1, 3)
-        self._day_slots = max(
-            1, (datetime.combine(day, hours.closes) - datetime.combine(day, hours.opens)) // SLOT
-        )
+    def _begin(self, initial: Mapping[str, float]) -> None:
+        self._day_slots = max(1, self.hours.day_length // SLOT)
         # slot -1 lies before any real slot, so the starting state never repeats a slot's draws
-        rng = slot_random(seed, -1)
+        rng = slot_random(self.seed, -1)
         filter_kpa = initial.get("filter_dp_kpa", rng.uniform(CLEAN_FILTER_KPA, 30.0))
         # run time since the filter was last changed; the differential pressure follows it
         self._filter_us = max(
             0, round((filter_kpa - CLEAN_FILTER_KPA) / FILTER_KPA_PER_RUN_HOUR * _HOUR_US)
         )
-        self._run_us = 0  # run time since ``start``: whole tenths of it go to run_hours
+        self._run_us = 0  # run time since ``self.start``: whole tenths of it go to run_hours
         self._change_wait: int | None = None  # open slots until the filter is changed
 
     def initial_counter(self, name: str, rng: random.Random) -> int:

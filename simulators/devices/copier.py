@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 
 from core.records import MetricKind
 from simulators.devices.base import Channel, DeviceModel, Value, slot_random
-from simulators.devices.usage import ClinicHours
 
 __all__ = [
     "CARTRIDGE_PAGES",
@@ -59,12 +58,6 @@ def _slot_start(slot: int) -> datetime:
     return _EPOCH + SLOT * slot
 
 
-def _open_slots_per_day(hours: ClinicHours) -> int:
-    day = datetime(2000, 1, 3)
-    length = datetime.combine(day, hours.closes) - datetime.combine(day, hours.opens)
-    return max(1, length // SLOT)
-
-
 class CopierModel(DeviceModel):
     kind = "copier"
     transport = "mqtt"
@@ -81,19 +74,10 @@ class CopierModel(DeviceModel):
          "metric": "pages_total", "every": 10000},
     )  # fmt: skip
 
-    def __init__(
-        self,
-        *,
-        seed: int,
-        start: datetime,
-        hours: ClinicHours,
-        initial: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(seed=seed, start=start, hours=hours, initial=initial)
-        initial = initial or {}
-        self._day_slots = _open_slots_per_day(hours)
+    def _begin(self, initial: Mapping[str, float]) -> None:
+        self._day_slots = max(1, self.hours.day_length // SLOT)
         # slot -1 lies before any real slot, so the starting state never repeats a slot's draws
-        rng = slot_random(seed, -1)
+        rng = slot_random(self.seed, -1)
         toner_pct = initial.get("toner_pct", rng.uniform(15.0, 100.0))
         drum_pct = initial.get("drum_life_pct", rng.uniform(20.0, 100.0))
         self._toner = max(0, min(CARTRIDGE_PAGES, round(toner_pct / 100 * CARTRIDGE_PAGES)))

@@ -16,6 +16,12 @@ class ClinicHours:
     closes: time = time(18, 0)
     weekdays: frozenset[int] = frozenset({0, 1, 2, 3, 4})  # Monday..Friday
 
+    @property
+    def day_length(self) -> timedelta:
+        """How long the clinic is open on an open day."""
+        day = datetime(2000, 1, 3)
+        return datetime.combine(day, self.closes) - datetime.combine(day, self.opens)
+
     def is_open(self, moment: datetime) -> bool:
         local = moment.astimezone(self.zone)
         return local.weekday() in self.weekdays and self.opens <= local.time() < self.closes

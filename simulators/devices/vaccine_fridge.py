@@ -113,24 +113,16 @@ class VaccineFridgeModel(DeviceModel):
          "type": "calendar", "every_days": 365},
     )  # fmt: skip
 
-    def __init__(
-        self,
-        *,
-        seed: int,
-        start: datetime,
-        hours: ClinicHours,
-        initial: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(seed=seed, start=start, hours=hours, initial=initial)
-        rng = slot_random(seed, _DEVICE)
+    def _begin(self, initial: Mapping[str, float]) -> None:
+        rng = slot_random(self.seed, _DEVICE)
         self._cycle = rng.randint(*CYCLE_SECONDS)
         self._phase = rng.randint(0, self._cycle - 1)
         self._band_offset = rng.uniform(-0.2, 0.2)
         life_days = rng.uniform(*BATTERY_LIFE_DAYS)
         # a logger already in service: its battery is between new and 80 % used
         self._battery_life = timedelta(days=life_days)
-        self._battery_fitted = start - timedelta(days=rng.uniform(0.0, 0.8) * life_days)
-        self.calibration_due = start + timedelta(days=rng.randint(*CALIBRATION_DUE_DAYS))
+        self._battery_fitted = self.start - timedelta(days=rng.uniform(0.0, 0.8) * life_days)
+        self.calibration_due = self.start + timedelta(days=rng.randint(*CALIBRATION_DUE_DAYS))
         # (first minute of the local day, last minute folded in, lowest, highest): the readings
         # are a pure function of time, this only saves recomputing the day on every report
         self._extremes: tuple[int, int, float, float] | None = None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -99,24 +98,13 @@ class XrayModel(DeviceModel):
         Channel("warmed_up", MetricKind.STATE),
     )
     fault_codes = ("TUBE_ARCING", "FILAMENT_FAILURE", "OVER_TEMPERATURE")
+    heat_per_exposure_c = HEAT_PER_EXPOSURE_C  # tube heating per exposure; tests may raise it
     default_plans = (
         {"suffix": "service", "name": "X-ray manufacturer service (yearly)",
          "type": "calendar", "every_days": 365},
         {"suffix": "tube-check", "name": "X-ray tube check (every 20000 exposures)",
          "type": "usage", "metric": "exposures_total", "every": 20000},
     )  # fmt: skip
-
-    def __init__(
-        self,
-        *,
-        seed: int,
-        start: datetime,
-        hours: ClinicHours,
-        initial: Mapping[str, float] | None = None,
-        heat_per_exposure_c: float = HEAT_PER_EXPOSURE_C,
-    ) -> None:
-        super().__init__(seed=seed, start=start, hours=hours, initial=initial)
-        self._heat_per_exposure = heat_per_exposure_c
 
     def initial_counter(self, name: str, rng: random.Random) -> int:
         if name == "power_on_hours":
@@ -158,7 +146,7 @@ class XrayModel(DeviceModel):
         now = self.now.timestamp()
         recent = self._days(self.now - timedelta(seconds=COOLING_LOOKBACK_SECONDS), self.now)
         return sum(
-            self._heat_per_exposure * math.exp(-(now - at) / COOLING_TAU_SECONDS)
+            self.heat_per_exposure_c * math.exp(-(now - at) / COOLING_TAU_SECONDS)
             for day in recent
             for at in day.exposures
             if now - COOLING_LOOKBACK_SECONDS < at <= now
