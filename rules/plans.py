@@ -42,15 +42,18 @@ def usage_due(plan: UsagePlan, state: PlanState) -> Due | None:
     if state.last_raw is None:
         return None
     target = plan.every
+    baseline = state.first_value if state.first_value is not None else 0.0
+    due_value = baseline + target
     if state.cycle == 0 and plan.first_due is not None and state.first_value is not None:
+        # a counter first seen past its first-due point is overdue since that point
         target = max(0.0, plan.first_due - state.first_value)
+        due_value = plan.first_due
     if state.usage < target:
         return None
-    baseline = state.first_value if state.first_value is not None else 0.0
     return Due(
         basis="usage",
         detail=f"{state.usage:g} {plan.metric} since last service (due every {plan.every:g})",
-        due_value=baseline + target,
+        due_value=due_value,
     )
 
 

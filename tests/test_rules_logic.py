@@ -141,7 +141,9 @@ def test_usage_due_without_first_due_uses_every() -> None:
 
 def test_usage_first_due_already_passed_is_due_at_once() -> None:
     state = _state(usage=0.0, first_value=4600.0, last_raw=4600.0)
-    assert usage_due(SERVICE, state) is not None
+    due = usage_due(SERVICE, state)
+    assert due is not None
+    assert due.due_value == 4500  # overdue since the configured point, not since first seen
 
 
 def _calendar(every_days: int, start: date | None) -> CalendarPlan:
