@@ -3,8 +3,9 @@ error classification (retry, split, drop) against a server that answers as told.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import ClassVar
 
 import pytest
 
-from core.records import FaultEvent, Quality, Reading, Record, StatusChange
+from core.records import DeadLetter, FaultEvent, Quality, Reading, Record, StatusChange
 from core.store.influx import InfluxSink, SinkUnavailable, to_lines
+from core.store.outbox import Outbox
+from tests.support import wait_for
 from tests.vm import VictoriaMetrics, victoria_metrics
 
 NOW = datetime.now(UTC).replace(microsecond=123000) - timedelta(hours=1)
@@ -192,3 +195,66 @@ async def test_other_4xx_drop_the_batch_and_count_it(
         sink.close()
     assert sink.dropped == {"400": 5}
     assert sink.points_written == 2
+
+
+async def test_an_outage_loses_nothing_through_the_outbox(tmp_path: Path) -> None:
+    """Records keep arriving while VictoriaMetrics is down; once it is back every point arrives,
+    in order, exactly once."""
+    server = VictoriaMetrics(tmp_path / "vm")
+    server.start()
+    sink = _sink(server.url)
+    written: list[int] = []
+
+    async def handler(records: Sequence[Record | DeadLetter]) -> None:
+        await sink.write(records)
+        written.extend(int(r.value) for r in records if isinstance(r, Reading))
+
+    batch = 0
+
+    def readings(count: int) -> list[Record]:
+        nonlocal batch
+        batch += 1
+        start = (batch - 1) * count
+        return [
+            Reading("ups-1", "line_fail_count", i, NOW + timedelta(seconds=i))
+            for i in range(start, start + count)
+        ]
+
+    try:
+        async with Outbox(
+            tmp_path / "outbox.sqlite",
+            max_records=10_000,
+            max_age_seconds=3600,
+            consumers=["influx"],
+        ) as outbox:
+            drain = asyncio.create_task(
+                outbox.drain(
+                    "influx", handler, poll_interval=0.05, retry_initial=0.05, retry_cap=0.2
+                )
+            )
+            try:
+                await outbox.append(readings(10))
+                await wait_for(_count(written, 10), timeout=10, what="the first batch written")
+                server.stop()  # the outage
+                for _ in range(5):
+                    await outbox.append(readings(10))
+                assert (await outbox.stats()).depth == 50  # held, not lost
+                assert len(written) == 10
+                server.start()
+                await wait_for(_count(written, 60), timeout=30, what="the backlog to drain")
+            finally:
+                drain.cancel()
+                await asyncio.gather(drain, return_exceptions=True)
+        [series] = server.export('{__name__="ups_line_fail_count"}')
+        assert series["values"] == list(range(60))  # every point once, in order
+        assert written == list(range(60))
+    finally:
+        sink.close()
+        server.stop()
+
+
+def _count(items: list[int], expected: int) -> Callable[[], Awaitable[bool]]:
+    async def reached() -> bool:
+        return len(items) >= expected
+
+    return reached
