@@ -1,7 +1,9 @@
-"""Where records and readings live. SQLite is the embedded default."""
+"""Where records and readings live. SQLite is the embedded default; PostgreSQL keeps the same
+time-series contract (``TimeSeriesStore``) for a practice that outgrows one file."""
 
 from core.store.models import (
     Alarm,
+    Bucket,
     DeviceStatus,
     LatestValue,
     MaintenanceDue,
@@ -9,15 +11,22 @@ from core.store.models import (
     PlanState,
     StoredDeadLetter,
 )
+from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
+from core.store.timeseries import AGGREGATES, Aggregate, TimeSeriesStore
 
 __all__ = [
+    "AGGREGATES",
+    "Aggregate",
     "Alarm",
+    "Bucket",
     "DeviceStatus",
     "LatestValue",
     "MaintenanceDue",
     "Notice",
     "PlanState",
+    "PostgresStore",
     "SqliteStore",
     "StoredDeadLetter",
+    "TimeSeriesStore",
 ]

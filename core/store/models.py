@@ -9,6 +9,7 @@ from core.records import Quality
 
 __all__ = [
     "Alarm",
+    "Bucket",
     "DeviceStatus",
     "LatestValue",
     "MaintenanceDue",
@@ -25,6 +26,15 @@ class LatestValue:
     value: float
     ts: datetime
     quality: Quality
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One step of a metric's history: ``start`` is a multiple of the step since the epoch, and
+    ``value`` the aggregate of the readings in [start, start + step)."""
+
+    start: datetime
+    value: float
 
 
 @dataclass(frozen=True, slots=True)

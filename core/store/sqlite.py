@@ -8,6 +8,9 @@ PRAGMAs, and why:
 - ``synchronous=NORMAL``: in WAL mode a commit survives a process crash; only an OS crash or
   power loss can roll back the last commits, for a large gain in write throughput.
 - ``busy_timeout``: another process holding the lock briefly (a backup) waits, not fails.
+
+The time-series reads (``latest``, ``history``, ``usage``, ``faults``, ``status_changes``) keep
+the contract in ``core.store.timeseries``, which the PostgreSQL store keeps too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from core.errors import StoreError
 from core.records import DeadLetter, FaultEvent, Quality, Reading, Record, StatusChange
 from core.store.models import (
     Alarm,
+    Bucket,
     DeviceStatus,
     LatestValue,
     MaintenanceDue,
@@ -31,10 +35,21 @@ from core.store.models import (
     PlanState,
     StoredDeadLetter,
 )
+from core.store.timeseries import Aggregate, UsageFold, check_history
 
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
+
+# One SQL expression per aggregate, chosen from this table and never built from input. For
+# ``last``, SQLite documents that a bare column next to max() comes from the row holding the max.
+_BUCKET_VALUE: dict[Aggregate, str] = {
+    "min": "min(value)",
+    "max": "max(value)",
+    "mean": "avg(value)",
+    "count": "count(*)",
+    "last": "value, max(ts_ms)",
+}
 
 SCHEMA_VERSION = 1
 
@@ -67,6 +82,8 @@ CREATE TABLE IF NOT EXISTS faults (
     active INTEGER NOT NULL,
     UNIQUE (device_id, code, ts_ms, active)
 );
+-- fault windows across all devices (the practice's last day) without scanning every device
+CREATE INDEX IF NOT EXISTS faults_by_time ON faults (ts_ms);
 
 CREATE TABLE IF NOT EXISTS status_changes (
     device_id TEXT NOT NULL,
@@ -75,6 +92,8 @@ CREATE TABLE IF NOT EXISTS status_changes (
     reason TEXT NOT NULL,
     PRIMARY KEY (device_id, ts_ms)
 ) WITHOUT ROWID;
+-- status windows across all devices; one device's window is served by the primary key
+CREATE INDEX IF NOT EXISTS status_changes_by_time ON status_changes (ts_ms);
 
 -- each device's newest status change, kept on write so that reading it costs one row per device
 CREATE TABLE IF NOT EXISTS device_status (
@@ -380,6 +399,101 @@ class SqliteStore:
                 (position, limit),
             )
             return [(i, FaultEvent(d, c, _dt(t), bool(a))) for i, d, c, t, a in rows]
+
+        return await self._run(query)
+
+    async def history(
+        self,
+        device_id: str,
+        metric: str,
+        *,
+        start: datetime,
+        end: datetime,
+        step_seconds: int,
+        aggregate: Aggregate,
+    ) -> list[Bucket]:
+        """One metric aggregated per step over [start, end); see ``TimeSeriesStore.history``.
+
+        Served by the primary key (device_id, metric, ts_ms): one range scan, grouped in order.
+        """
+        check_history(step_seconds, aggregate)
+        step = step_seconds * 1000
+        # ((ts % step) + step) % step floors before the epoch too: SQLite's % truncates
+        sql = (
+            f"SELECT ts_ms - ((ts_ms % ?) + ?) % ? AS bucket, {_BUCKET_VALUE[aggregate]} "
+            "FROM readings WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ? "
+            "GROUP BY bucket ORDER BY bucket"
+        )
+        params = (step, step, step, device_id, metric, _ms(start), _ms(end))
+
+        def query() -> list[Bucket]:
+            rows = self._db.execute(sql, params)
+            return [Bucket(_dt(row[0]), float(row[1])) for row in rows]
+
+        return await self._run(query)
+
+    async def usage(self, device_id: str, metric: str, *, start: datetime, end: datetime) -> float:
+        """Counter usage over [start, end); see ``TimeSeriesStore.usage``.
+
+        Both halves are primary-key range scans: the newest reading before ``start`` (one
+        seek backwards) and the readings inside the window, folded without loading them all.
+        """
+        params = (device_id, metric, _ms(start), device_id, metric, _ms(start), _ms(end))
+
+        def query() -> float:
+            rows = self._db.execute(
+                "SELECT counter, width FROM ("
+                "  SELECT * FROM ("
+                "    SELECT ts_ms, coalesce(raw, value) AS counter, width FROM readings"
+                "    WHERE device_id = ? AND metric = ? AND ts_ms < ?"
+                "    ORDER BY ts_ms DESC LIMIT 1)"
+                "  UNION ALL"
+                "  SELECT ts_ms, coalesce(raw, value), width FROM readings"
+                "  WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?"
+                ") ORDER BY ts_ms",
+                params,
+            )
+            fold = UsageFold()
+            for counter, width in rows:
+                fold.add(float(counter), width)
+            return fold.usage
+
+        return await self._run(query)
+
+    async def faults(
+        self, device_id: str | None, *, start: datetime, end: datetime
+    ) -> list[FaultEvent]:
+        """Fault events in [start, end), by time; see ``TimeSeriesStore.faults``."""
+        sql = "SELECT device_id, code, ts_ms, active FROM faults WHERE ts_ms >= ? AND ts_ms < ?"
+        params: list[object] = [_ms(start), _ms(end)]
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            params.append(device_id)
+        sql += " ORDER BY ts_ms, device_id, code, active"
+
+        def query() -> list[FaultEvent]:
+            rows = self._db.execute(sql, params)
+            return [FaultEvent(d, c, _dt(t), bool(a)) for d, c, t, a in rows]
+
+        return await self._run(query)
+
+    async def status_changes(
+        self, device_id: str | None, *, start: datetime, end: datetime
+    ) -> list[StatusChange]:
+        """Status changes in [start, end), by time; see ``TimeSeriesStore.status_changes``."""
+        sql = (
+            "SELECT device_id, online, ts_ms, reason FROM status_changes "
+            "WHERE ts_ms >= ? AND ts_ms < ?"
+        )
+        params: list[object] = [_ms(start), _ms(end)]
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            params.append(device_id)
+        sql += " ORDER BY ts_ms, device_id"
+
+        def query() -> list[StatusChange]:
+            rows = self._db.execute(sql, params)
+            return [StatusChange(d, bool(o), _dt(t), r) for d, o, t, r in rows]
 
         return await self._run(query)
 

@@ -1,0 +1,498 @@
+"""One time-series contract, two backends: every case runs against SQLite and PostgreSQL.
+
+PostgreSQL is real: EQUIPWATCH_TEST_POSTGRES_DSN, or a throwaway cluster for the session (see
+tests/pg.py); each test works in a schema of its own. Expectations are computed by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from core.errors import StoreError
+from core.net import free_port
+from core.records import FaultEvent, Quality, Reading, Record, StatusChange
+from core.store import AGGREGATES, Aggregate, PostgresStore, SqliteStore, TimeSeriesStore
+from tests.pg import drop_schema, postgres_cluster, postgres_dsn, schema_name
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a whole minute
+
+Opener = Callable[[], AbstractAsyncContextManager[TimeSeriesStore]]
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def minutes(value: float) -> datetime:
+    return T0 + timedelta(minutes=value)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    with postgres_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens the same store (file or schema) each time it is called, so reopening is testable."""
+    if request.param == "sqlite":
+        path = tmp_path / "store.sqlite"
+
+        def open_sqlite() -> AbstractAsyncContextManager[TimeSeriesStore]:
+            return SqliteStore(path)
+
+        yield open_sqlite
+        return
+    dsn: str = request.getfixturevalue("pg_dsn")
+    schema = schema_name(request.node.name)
+
+    def open_postgres() -> AbstractAsyncContextManager[TimeSeriesStore]:
+        return PostgresStore(dsn, schema=schema)
+
+    yield open_postgres
+    await drop_schema(dsn, schema)
+
+
+@pytest.fixture
+async def store(opener: Opener) -> AsyncIterator[TimeSeriesStore]:
+    async with opener() as opened:
+        yield opened
+
+
+async def count(store: TimeSeriesStore, device_id: str, metric: str) -> float:
+    """How many readings one series holds, through the contract itself (one bucket a year)."""
+    buckets = await store.history(
+        device_id,
+        metric,
+        start=T0 - timedelta(days=1),
+        end=T0 + timedelta(days=1),
+        step_seconds=366 * 86400,
+        aggregate="count",
+    )
+    return sum(bucket.value for bucket in buckets)
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+async def test_a_replayed_batch_creates_no_duplicates(store: TimeSeriesStore) -> None:
+    batch: list[Record] = [
+        Reading(f"dev-{n % 50}", "cycles", float(n), at(n), raw=n, width=32) for n in range(2000)
+    ]
+    batch += [
+        FaultEvent("dev-1", "E12", at(5)),
+        FaultEvent("dev-1", "E12", at(9), active=False),
+        StatusChange("dev-1", False, at(7), "timeout"),
+    ]
+    await store.write(batch)
+    await store.write(batch)
+    await store.write(batch[1000:])  # a partial replay, as an outbox may resend a tail
+    assert await count(store, "dev-0", "cycles") == 40
+    assert len(await store.latest()) == 50
+    window = {"start": T0, "end": at(3600)}
+    assert len(await store.faults("dev-1", **window)) == 2
+    assert len(await store.status_changes("dev-1", **window)) == 1
+
+
+async def test_a_replayed_reading_keeps_its_first_value_in_history(
+    store: TimeSeriesStore,
+) -> None:
+    await store.write([Reading("ups", "load", 40.0, T0)])
+    await store.write([Reading("ups", "load", 40.0, T0), Reading("ups", "load", 41.0, at(1))])
+    buckets = await store.history(
+        "ups", "load", start=T0, end=at(60), step_seconds=60, aggregate="mean"
+    )
+    assert [b.value for b in buckets] == [40.5]
+
+
+async def test_an_empty_batch_is_a_no_op(store: TimeSeriesStore) -> None:
+    await store.write([])
+    assert await store.latest() == []
+
+
+async def test_a_reopened_store_keeps_its_data(opener: Opener) -> None:
+    async with opener() as store:
+        await store.write([Reading("ups", "load", 40.0, T0)])
+    async with opener() as store:
+        [latest] = await store.latest()
+        await store.write([Reading("ups", "load", 40.0, T0)])
+        assert (latest.value, await count(store, "ups", "load")) == (40.0, 1)
+
+
+async def test_times_are_kept_to_the_millisecond(store: TimeSeriesStore) -> None:
+    await store.write([Reading("ups", "load", 1.0, T0 + timedelta(microseconds=123_456))])
+    [latest] = await store.latest()
+    assert latest.ts == T0 + timedelta(milliseconds=123)
+    assert latest.ts.utcoffset() == timedelta(0)
+
+
+# --- latest ---------------------------------------------------------------------------------
+
+
+async def test_latest_for_many_devices_at_once(store: TimeSeriesStore) -> None:
+    await store.write(
+        [Reading(f"dev-{n:03}", "load", float(n), at(n)) for n in range(300)]
+        + [Reading(f"dev-{n:03}", "temp", 20.0 + n, at(n)) for n in range(0, 300, 100)]
+    )
+    got = await store.latest(["dev-200", "dev-007", "dev-100", "dev-999"])
+    assert [(v.device_id, v.metric, v.value, v.ts) for v in got] == [
+        ("dev-007", "load", 7.0, at(7)),
+        ("dev-100", "load", 100.0, at(100)),
+        ("dev-100", "temp", 120.0, at(100)),
+        ("dev-200", "load", 200.0, at(200)),
+        ("dev-200", "temp", 220.0, at(200)),
+    ]
+    assert len(await store.latest()) == 303
+    assert await store.latest([]) == []
+
+
+async def test_an_older_reading_does_not_replace_a_newer_latest(store: TimeSeriesStore) -> None:
+    await store.write([Reading("ac-1", "temp", 134.0, minutes(5), Quality.GOOD)])
+    await store.write([Reading("ac-1", "temp", 20.0, T0, Quality.BAD)])  # arrives late
+    # and within one batch: the newer first, the older after it
+    await store.write([Reading("ac-1", "door", 1.0, minutes(9)), Reading("ac-1", "door", 0.0, T0)])
+    got = await store.latest(["ac-1"])
+    assert [(v.metric, v.value, v.ts, v.quality) for v in got] == [
+        ("door", 1.0, minutes(9), Quality.GOOD),
+        ("temp", 134.0, minutes(5), Quality.GOOD),
+    ]
+
+
+async def test_a_newer_reading_replaces_the_latest(store: TimeSeriesStore) -> None:
+    await store.write([Reading("ac-1", "temp", 20.0, T0)])
+    await store.write([Reading("ac-1", "temp", 134.0, minutes(5), Quality.UNCERTAIN)])
+    [latest] = await store.latest(["ac-1"])
+    assert (latest.value, latest.ts, latest.quality) == (134.0, minutes(5), Quality.UNCERTAIN)
+
+
+async def test_latest_is_in_byte_order_of_device_then_metric(store: TimeSeriesStore) -> None:
+    # byte order, as SQLite sorts: upper case before lower, "dev-10" before "dev-2"
+    names = ["dev-2", "dev-10", "Dev-3", "dev_1"]
+    await store.write([Reading(name, metric, 1.0, T0) for name in names for metric in "ba"])
+    got = [(v.device_id, v.metric) for v in await store.latest()]
+    assert got == [(name, metric) for name in sorted(names) for metric in "ab"]
+    assert sorted(names) == ["Dev-3", "dev-10", "dev-2", "dev_1"]
+
+
+# --- history ----------------------------------------------------------------------------------
+
+# ups/load in a window [T0+10s, T0+300s) with 60 s steps; buckets start at T0, T0+120s, T0+240s
+# (T0+60s and T0+180s hold nothing and are omitted):
+#   T0+0s    10    before the window
+#   T0+40s   20  ┐ bucket T0 (it starts before the window: alignment is to the epoch)
+#   T0+20s   30  ┘ written after T0+40s, so "last" must go by time, not by arrival
+#   T0+130s   5  ┐ bucket T0+120s
+#   T0+170s   7  ┘
+#   T0+250s   4    bucket T0+240s
+#   T0+300s 1000   at the end of the window: excluded
+HISTORY = [(0, 10.0), (40, 20.0), (20, 30.0), (130, 5.0), (170, 7.0), (250, 4.0), (300, 1000.0)]
+BUCKETS = [T0, at(120), at(240)]
+EXPECTED: dict[Aggregate, list[float]] = {
+    "min": [20.0, 5.0, 4.0],
+    "max": [30.0, 7.0, 4.0],
+    "mean": [25.0, 6.0, 4.0],
+    "last": [20.0, 7.0, 4.0],
+    "count": [2.0, 2.0, 1.0],
+}
+
+
+def test_every_aggregate_has_an_expectation() -> None:
+    assert set(EXPECTED) == set(AGGREGATES)
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATES)
+async def test_history_buckets(store: TimeSeriesStore, aggregate: Aggregate) -> None:
+    await store.write(
+        [Reading("ups", "load", value, at(s)) for s, value in HISTORY]
+        # neighbours that must not leak in: another metric, another device
+        + [Reading("ups", "temp", 500.0, at(s)) for s, _ in HISTORY]
+        + [Reading("ups-2", "load", 500.0, at(s)) for s, _ in HISTORY]
+    )
+    buckets = await store.history(
+        "ups", "load", start=at(10), end=at(300), step_seconds=60, aggregate=aggregate
+    )
+    assert [(b.start, b.value) for b in buckets] == list(
+        zip(BUCKETS, EXPECTED[aggregate], strict=True)
+    )
+
+
+async def test_history_buckets_align_to_the_epoch_not_to_the_window(
+    store: TimeSeriesStore,
+) -> None:
+    # the epoch was a Thursday, so week-long buckets start on Thursdays 00:00 UTC
+    await store.write(
+        [Reading("ups", "load", 1.0, T0), Reading("ups", "load", 3.0, T0 + timedelta(days=4))]
+    )
+    week = 7 * 86400
+    end = T0 + timedelta(days=14)
+    buckets = await store.history(
+        "ups", "load", start=T0, end=end, step_seconds=week, aggregate="mean"
+    )
+    assert [(b.start, b.value) for b in buckets] == [
+        (datetime(2026, 2, 26, tzinfo=UTC), 1.0),
+        (datetime(2026, 3, 5, tzinfo=UTC), 3.0),
+    ]
+
+
+async def test_history_of_an_unknown_series_is_empty(store: TimeSeriesStore) -> None:
+    buckets = await store.history(
+        "nobody", "load", start=T0, end=at(60), step_seconds=60, aggregate="max"
+    )
+    assert buckets == []
+
+
+@pytest.mark.parametrize(
+    ("step", "aggregate"),
+    [
+        pytest.param(0, "mean", id="zero-step"),
+        pytest.param(-60, "mean", id="negative-step"),
+        pytest.param(1.5, "mean", id="fractional-step"),
+        pytest.param(60, "median", id="unknown-aggregate"),
+        pytest.param(60, "min(value)); DROP TABLE readings; --", id="sql-as-aggregate"),
+    ],
+)
+async def test_history_refuses_bad_arguments(
+    store: TimeSeriesStore, step: int, aggregate: Aggregate
+) -> None:
+    with pytest.raises(ValueError, match=r"^(step_seconds|aggregate) must be"):
+        await store.history(
+            "ups", "load", start=T0, end=at(60), step_seconds=step, aggregate=aggregate
+        )
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageCase:
+    """Counter readings as (minute, raw, width), a window in minutes, the usage expected."""
+
+    readings: list[tuple[float, int | None, int | None]]
+    start: float
+    end: float
+    expected: float
+
+
+USAGE = {
+    # 65530 -> 65535: 5; -> 3 wraps: 4; -> 10: 7
+    "across-a-uint16-wrap": UsageCase(
+        [(1, 65530, 16), (2, 65535, 16), (3, 3, 16), (4, 10, 16)], 0, 60, 16
+    ),
+    # 30000 -> 30010: 10; -> 20 is a reset (20 + 65536 - 30010 is over half the range): 20;
+    # -> 25: 5
+    "across-a-reset": UsageCase(
+        [(1, 30000, 16), (2, 30010, 16), (3, 20, 16), (4, 25, 16)], 0, 60, 35
+    ),
+    # a device off for three days counted 40 meanwhile
+    "across-a-gap": UsageCase([(1, 100, 32), (2, 110, 32), (3 * 1440, 150, 32)], 0, 5 * 1440, 50),
+    # nothing inside the window: nothing counted, however far the last reading lies before it
+    "a-window-inside-a-gap": UsageCase([(1, 100, 32), (3 * 1440, 150, 32)], 60, 120, 0),
+    # the newest reading before the window (110, not 50) starts it: 110 -> 120 -> 125
+    "with-the-reading-before-the-window": UsageCase(
+        [(-120, 50, 32), (-60, 110, 32), (10, 120, 32), (20, 125, 32), (60, 200, 32)], 0, 60, 15
+    ),
+    "a-wrap-into-the-window": UsageCase([(-1, 65535, 16), (1, 5, 16)], 0, 60, 6),
+    "no-reading-before-the-window": UsageCase([(10, 120, 32), (20, 125, 32)], 0, 60, 5),
+    "readings-without-raw-use-the-value": UsageCase([(1, None, None), (2, None, None)], 0, 60, 1),
+    "no-readings": UsageCase([], 0, 60, 0),
+}
+
+
+def _scaled(minute: float, raw: int | None) -> float:
+    """A channel scaled by 0.1, so that usage from values instead of raw would be 10x off;
+    without raw the value is all there is (10.5 then 11.5)."""
+    return 9.5 + minute if raw is None else raw / 10
+
+
+@pytest.mark.parametrize("case", USAGE.values(), ids=USAGE.keys())
+async def test_usage(store: TimeSeriesStore, case: UsageCase) -> None:
+    # usage is in raw units wherever raw is stored
+    readings = [
+        Reading("ac-1", "cycles", _scaled(m, raw), minutes(m), raw=raw, width=width)
+        for m, raw, width in case.readings
+    ]
+    # neighbours that must not leak in: another metric, another device
+    noise = [
+        Reading(device, metric, 0.0, minutes(m), raw=int(1e6 * m), width=32)
+        for device, metric in (("ac-1", "other"), ("ac-2", "cycles"))
+        for m in (0.5, 30)
+    ]
+    await store.write(readings + noise)
+    got = await store.usage("ac-1", "cycles", start=minutes(case.start), end=minutes(case.end))
+    assert got == case.expected
+
+
+# --- faults and status changes ----------------------------------------------------------------
+
+WINDOW = {"start": T0, "end": minutes(15)}
+FAULTS = [
+    FaultEvent("ac-1", "E12", minutes(9), active=False),
+    FaultEvent("ups", "F1", minutes(1)),
+    FaultEvent("ac-1", "E12", minutes(5)),
+    FaultEvent("ac-1", "E02", minutes(5)),  # same time as E12: ordered by code
+    FaultEvent("ups", "F9", minutes(5)),  # same time again: ordered by device
+    FaultEvent("ups", "F1", minutes(15), active=False),  # at the end: excluded
+    FaultEvent("ac-1", "E07", minutes(-1)),  # before the start: excluded
+]
+
+
+async def test_faults_by_time_across_devices(store: TimeSeriesStore) -> None:
+    await store.write(FAULTS)
+    got = await store.faults(None, **WINDOW)
+    assert [(f.device_id, f.code, f.ts, f.active) for f in got] == [
+        ("ups", "F1", minutes(1), True),
+        ("ac-1", "E02", minutes(5), True),
+        ("ac-1", "E12", minutes(5), True),
+        ("ups", "F9", minutes(5), True),
+        ("ac-1", "E12", minutes(9), False),
+    ]
+
+
+async def test_faults_of_one_device(store: TimeSeriesStore) -> None:
+    await store.write(FAULTS)
+    got = await store.faults("ac-1", **WINDOW)
+    assert [(f.code, f.ts, f.active) for f in got] == [
+        ("E02", minutes(5), True),
+        ("E12", minutes(5), True),
+        ("E12", minutes(9), False),
+    ]
+    assert await store.faults("nobody", **WINDOW) == []
+
+
+async def test_a_raise_and_a_clear_at_one_time_are_two_events(store: TimeSeriesStore) -> None:
+    await store.write([FaultEvent("ac-1", "E12", T0), FaultEvent("ac-1", "E12", T0, False)])
+    # written raise first; ordered clear first (False < True), by device and across devices
+    assert [f.active for f in await store.faults("ac-1", **WINDOW)] == [False, True]
+    assert [f.active for f in await store.faults(None, **WINDOW)] == [False, True]
+
+
+STATUSES = [
+    StatusChange("ups", True, minutes(12), "answered"),
+    StatusChange("ups", False, minutes(2), "timeout"),
+    StatusChange("ac-1", False, minutes(2), "last will"),  # same time: ordered by device
+    StatusChange("ac-1", True, minutes(7), "data received"),
+    StatusChange("ac-1", False, minutes(15), "timeout"),  # at the end: excluded
+    StatusChange("ups", True, minutes(-3), "answered"),  # before the start: excluded
+]
+
+
+async def test_status_changes_by_time_across_devices(store: TimeSeriesStore) -> None:
+    await store.write(STATUSES)
+    got = await store.status_changes(None, **WINDOW)
+    assert got == [
+        StatusChange("ac-1", False, minutes(2), "last will"),
+        StatusChange("ups", False, minutes(2), "timeout"),
+        StatusChange("ac-1", True, minutes(7), "data received"),
+        StatusChange("ups", True, minutes(12), "answered"),
+    ]
+
+
+async def test_status_changes_of_one_device(store: TimeSeriesStore) -> None:
+    await store.write(STATUSES)
+    got = await store.status_changes("ups", **WINDOW)
+    assert [(s.online, s.ts) for s in got] == [(False, minutes(2)), (True, minutes(12))]
+
+
+# --- PostgreSQL only: its failures, its schema ------------------------------------------------
+
+
+def _with_path(dsn: str, path: str) -> str:
+    return urlsplit(dsn)._replace(path=path).geturl()
+
+
+@pytest.mark.parametrize(
+    "make_dsn",
+    [
+        pytest.param(lambda dsn: f"postgresql://postgres@127.0.0.1:{free_port()}/x", id="refused"),
+        pytest.param(lambda dsn: _with_path(dsn, "/no_such_database"), id="no-such-database"),
+        pytest.param(lambda dsn: "postgresql://127.0.0.1:notaport/x", id="malformed"),
+    ],
+)
+async def test_a_bad_dsn_is_a_store_error(pg_dsn: str, make_dsn: Callable[[str], str]) -> None:
+    with pytest.raises(StoreError) as raised:
+        async with PostgresStore(make_dsn(pg_dsn), schema="never_created"):
+            pass
+    assert raised.value.__cause__ is not None  # translated, with the driver's error kept
+
+
+async def test_a_stopped_server_is_a_store_error_and_closing_still_works() -> None:
+    with postgres_cluster() as cluster:
+        async with PostgresStore(cluster.dsn, schema="stopping") as store:
+            await store.write([Reading("ups", "load", 1.0, T0)])
+            cluster.stop()
+            with pytest.raises(StoreError) as raised:
+                await store.write([Reading("ups", "load", 2.0, at(1))])
+            assert isinstance(raised.value.__cause__, asyncpg.PostgresError | OSError)
+            with pytest.raises(StoreError):
+                await store.latest()
+            with pytest.raises(StoreError):
+                await store.usage("ups", "load", start=T0, end=at(60))
+        with pytest.raises(StoreError):
+            async with PostgresStore(cluster.dsn, schema="stopping"):
+                pass
+
+
+async def test_a_closed_store_is_a_store_error(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn, schema=schema_name("closed"))
+    with pytest.raises(StoreError, match="not open"):
+        await store.latest()
+
+
+async def test_a_schema_from_a_newer_version_is_refused(
+    pg_dsn: str, request: pytest.FixtureRequest
+) -> None:
+    schema = schema_name(request.node.name)
+    async with PostgresStore(pg_dsn, schema=schema):
+        pass
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            f"UPDATE \"{schema}\".meta SET value = '99' WHERE key = 'schema_version'"
+        )
+    finally:
+        await conn.close()
+    try:
+        with pytest.raises(StoreError, match="newer equipwatch"):
+            async with PostgresStore(pg_dsn, schema=schema):
+                pass
+    finally:
+        await drop_schema(pg_dsn, schema)
+
+
+async def test_the_readings_table_kind_is_logged_and_matches_the_catalog(
+    pg_dsn: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    schema = schema_name(request.node.name)
+    caplog.set_level(logging.INFO, logger="core.store.postgres")
+    try:
+        async with PostgresStore(pg_dsn, schema=schema) as store:
+            hypertable = store.hypertable
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            installed = await conn.fetchval(
+                "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+            )
+            in_catalog = installed is not None and bool(
+                await conn.fetchval(
+                    "SELECT 1 FROM timescaledb_information.hypertables "
+                    "WHERE hypertable_schema = $1",
+                    schema,
+                )
+            )
+        finally:
+            await conn.close()
+    finally:
+        await drop_schema(pg_dsn, schema)
+    assert hypertable == in_catalog
+    expected = "TimescaleDB hypertable" if hypertable else "plain indexed table"
+    assert expected in caplog.text
