@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from core.clock import AcceleratedClock, SystemClock
@@ -18,6 +19,7 @@ from core.config import MqttSettings, MqttSource, load_config, parse_duration
 from core.errors import ConfigError
 from core.store import SqliteStore
 from equipwatch.broker import embedded_broker
+from equipwatch.export import export_csv, parse_moment
 from equipwatch.runtime import Service, bind_api_socket, run_until
 from simulators.fleet import (
     SimulatedFleet,
@@ -177,6 +179,42 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    site = load_config(args.config)
+    zone = ZoneInfo(site.site.timezone)
+    try:
+        start, end = parse_moment(args.start, zone), parse_moment(args.end, zone)
+    except ValueError as exc:
+        print(f"error: {exc}; give dates as 2026-11-01 or 2026-11-01T08:00", file=sys.stderr)
+        return 2
+    if end <= start:
+        print("error: --to must be after --from", file=sys.stderr)
+        return 2
+    known = [d.id for d in site.devices]
+    unknown = [d for d in args.device or [] if d not in known]
+    if unknown:
+        print(f"error: no device {', '.join(unknown)} in {args.config}", file=sys.stderr)
+        return 2
+    path = Path(args.data if args.data is not None else site.store.path)
+    if not path.exists():
+        print(f"error: no store at {path}", file=sys.stderr)
+        return 2
+
+    async def export(out: TextIO) -> int:
+        async with SqliteStore(path) as store:
+            return await export_csv(
+                store, site, start=start, end=end, device_ids=args.device or known, out=out
+            )
+
+    if args.output is None:
+        rows = asyncio.run(export(sys.stdout))
+    else:
+        with args.output.open("w", encoding="utf-8", newline="") as out:
+            rows = asyncio.run(export(out))
+    print(f"exported {rows} readings", file=sys.stderr)
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     site = load_config(args.file)
     mqtt = sum(isinstance(d.source, MqttSource) for d in site.devices)
@@ -244,6 +282,15 @@ def _parser() -> argparse.ArgumentParser:
         "--stats-every", type=_duration, default=60.0, help="progress line interval (60s)"
     )
 
+    export = commands.add_parser("export", help="readings as CSV, for a spreadsheet")
+    export.add_argument("--config", type=Path, required=True, help="the site configuration")
+    export.add_argument("--from", dest="start", required=True, help="2026-11-01 or ISO time")
+    export.add_argument("--to", dest="end", required=True, help="end (exclusive)")
+    export.add_argument("--device", action="append", help="only this device (repeatable)")
+    export.add_argument("--format", choices=["csv"], default="csv")
+    export.add_argument("--output", type=Path, help="write here instead of to stdout")
+    export.add_argument("--data", type=Path, help="the SQLite store (default: the config's)")
+
     run = commands.add_parser("run", help="run collectors, rules and API against real devices")
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--mqtt-url", help="broker URL (default: the config's mqtt.url)")
@@ -262,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_demo(args))
         if args.command == "simulate":
             return asyncio.run(_simulate(args))
+        if args.command == "export":
+            return _export(args)
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"equipwatch: the configuration has {len(exc.issues)} problem(s):", file=sys.stderr)
