@@ -1,17 +1,24 @@
 """One time-series contract, two backends: every case runs against SQLite and PostgreSQL.
 
 PostgreSQL is real: EQUIPWATCH_TEST_POSTGRES_DSN, or a throwaway cluster for the session (see
-tests/pg.py); each test works in a schema of its own. Expectations are computed by hand.
+tests/pg.py); each test works in a schema of its own. Expectations are computed by hand, except
+for rollups, which are checked against a recomputation from the readings the test wrote (the
+first of each key, as the store keeps). Their values are multiples of 0.25, so that every sum
+is exact in binary floating point whatever the order of addition, and means compare exactly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,12 +27,24 @@ import pytest
 from core.errors import StoreError
 from core.net import free_port
 from core.records import FaultEvent, Quality, Reading, Record, StatusChange
-from core.store import AGGREGATES, Aggregate, PostgresStore, SqliteStore, TimeSeriesStore
+from core.store import (
+    AGGREGATES,
+    Aggregate,
+    Bucket,
+    PostgresStore,
+    SqliteStore,
+    TimeSeriesStore,
+)
+from core.store.timeseries import Resolution
 from tests.pg import drop_schema, postgres_cluster, postgres_dsn, schema_name
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a whole minute
 
-Opener = Callable[[], AbstractAsyncContextManager[TimeSeriesStore]]
+
+class Opener(Protocol):
+    """Opens the test's store; ``options`` go to the constructor (retention periods)."""
+
+    def __call__(self, **options: int) -> AbstractAsyncContextManager[TimeSeriesStore]: ...
 
 
 def at(seconds: float) -> datetime:
@@ -48,16 +67,16 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         path = tmp_path / "store.sqlite"
 
-        def open_sqlite() -> AbstractAsyncContextManager[TimeSeriesStore]:
-            return SqliteStore(path)
+        def open_sqlite(**options: int) -> AbstractAsyncContextManager[TimeSeriesStore]:
+            return SqliteStore(path, **options)
 
         yield open_sqlite
         return
     dsn: str = request.getfixturevalue("pg_dsn")
     schema = schema_name(request.node.name)
 
-    def open_postgres() -> AbstractAsyncContextManager[TimeSeriesStore]:
-        return PostgresStore(dsn, schema=schema)
+    def open_postgres(**options: int) -> AbstractAsyncContextManager[TimeSeriesStore]:
+        return PostgresStore(dsn, schema=schema, **options)
 
     yield open_postgres
     await drop_schema(dsn, schema)
@@ -496,3 +515,437 @@ async def test_the_readings_table_kind_is_logged_and_matches_the_catalog(
     assert hypertable == in_catalog
     expected = "TimescaleDB hypertable" if hypertable else "plain indexed table"
     assert expected in caplog.text
+
+
+# --- rollups --------------------------------------------------------------------------------
+
+SERIES = [("ac-1", "temp"), ("ac-1", "door"), ("ups", "load")]
+WIDTH_MS: dict[Resolution, int] = {"1m": 60_000, "1h": 3_600_000}
+RollupRow = tuple[datetime, float, float, float, int, datetime, float]
+Stored = dict[tuple[str, str, datetime], float]
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+def random_readings(rng: random.Random, n: int, start: datetime, hours: float) -> list[Reading]:
+    """Readings of SERIES at random millisecond times over ``hours``, in time order, with
+    quarter values (exact sums)."""
+    span = int(hours * 3_600_000)
+    return [
+        Reading(*rng.choice(SERIES), rng.randint(-400, 400) / 4, start + timedelta(milliseconds=ms))
+        for ms in sorted(rng.sample(range(span), n))
+    ]
+
+
+def shuffled_batches(rng: random.Random, readings: Sequence[Reading]) -> list[list[Reading]]:
+    """Batches as an outbox delivers them after trouble: mostly in time order, a sixth of the
+    readings late (in a later batch), exact replays of earlier batches, and one replay whose
+    values changed (the store keeps the first)."""
+    batches: list[list[Reading]] = []
+    late: list[Reading] = []
+    position = 0
+    while position < len(readings):
+        size = rng.randint(1, 60)
+        batch = [r for r in readings[position : position + size] if rng.random() > 1 / 6 or late]
+        late += [r for r in readings[position : position + size] if r not in batch]
+        if late and rng.random() < 0.3:
+            batch += late
+            late = []
+        rng.shuffle(batch)
+        batches.append(batch)
+        position += size
+    batches.append(late)
+    for _ in range(4):
+        batches.insert(rng.randrange(len(batches) + 1), list(rng.choice(batches)))
+    changed = [
+        Reading(r.device_id, r.metric, r.value + 100, r.ts) for r in rng.choice(batches[:-1])
+    ]
+    batches.append(changed)
+    return batches
+
+
+def stored(batches: Sequence[Sequence[Reading]]) -> Stored:
+    """What the store keeps of these batches, written in order: the first of each key."""
+    kept: Stored = {}
+    for batch in batches:
+        for r in batch:
+            kept.setdefault((r.device_id, r.metric, r.ts), r.value)
+    return kept
+
+
+def recomputed(
+    kept: Stored, device_id: str, metric: str, resolution: Resolution
+) -> list[RollupRow]:
+    width = WIDTH_MS[resolution]
+    buckets: dict[int, list[tuple[datetime, float]]] = {}
+    for (device, name, ts), value in kept.items():
+        if (device, name) == (device_id, metric):
+            buckets.setdefault(ms(ts) // width * width, []).append((ts, value))
+    rows = []
+    for start, readings in sorted(buckets.items()):
+        values = [value for _, value in readings]
+        last_ts, last_value = max(readings)
+        rows.append(
+            (
+                from_ms(start),
+                min(values),
+                max(values),
+                sum(values),
+                len(values),
+                last_ts,
+                last_value,
+            )
+        )
+    return rows
+
+
+async def all_rollups(
+    store: TimeSeriesStore, start: datetime, end: datetime
+) -> dict[tuple[str, str, Resolution], list[RollupRow]]:
+    got = {}
+    for device_id, metric in SERIES:
+        for resolution in WIDTH_MS:
+            rollups = await store.rollups(device_id, metric, resolution, start=start, end=end)
+            got[device_id, metric, resolution] = [
+                (r.start, r.min_value, r.max_value, r.sum_value, r.count, r.last_ts, r.last_value)
+                for r in rollups
+            ]
+    return got
+
+
+def all_recomputed(kept: Stored) -> dict[tuple[str, str, Resolution], list[RollupRow]]:
+    return {
+        (device_id, metric, resolution): recomputed(kept, device_id, metric, resolution)
+        for device_id, metric in SERIES
+        for resolution in WIDTH_MS
+    }
+
+
+WIDE = {"start": T0 - timedelta(days=2), "end": T0 + timedelta(days=3)}
+
+
+async def test_rollups_equal_a_recomputation_from_raw(store: TimeSeriesStore) -> None:
+    rng = random.Random(20260302)
+    batches = shuffled_batches(rng, random_readings(rng, 600, T0 - timedelta(minutes=20), 3))
+    for batch in batches:
+        await store.write(batch)
+    expected = all_recomputed(stored(batches))
+    assert await all_rollups(store, **WIDE) == expected
+    assert sum(len(rows) for rows in expected.values()) > 300  # many buckets, most shared
+
+
+async def test_a_replayed_batch_leaves_the_rollups_unchanged(store: TimeSeriesStore) -> None:
+    rng = random.Random(7)
+    readings = random_readings(rng, 300, T0, 2)
+    batches = [readings[n : n + 50] for n in range(0, 300, 50)]
+    # one key twice in a batch: the first is kept, and counted once
+    twice = T0 + timedelta(hours=2, seconds=1)
+    batches.append([Reading("ups", "load", 1.0, twice), Reading("ups", "load", 2.0, twice)])
+    for batch in batches:
+        await store.write(batch)
+    before = await all_rollups(store, **WIDE)
+    for batch in reversed(batches):
+        await store.write(batch)
+    await store.write([Reading(r.device_id, r.metric, -r.value, r.ts) for r in readings[::7]])
+    await store.write(readings[100:] + readings[:100])
+    assert await all_rollups(store, **WIDE) == before == all_recomputed(stored(batches))
+
+
+async def test_concurrent_batches_keep_the_rollups_exact(store: TimeSeriesStore) -> None:
+    # overlapping batches at once: on PostgreSQL they run on several connections, racing for
+    # the same buckets and (with the replays) the same readings
+    rng = random.Random(11)
+    readings = random_readings(rng, 400, T0, 1)
+    batches = [rng.sample(readings, 80) for _ in range(12)]
+    await asyncio.gather(*(store.write(batch) for batch in batches))
+    assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+
+
+@dataclass(frozen=True)
+class Query:
+    """One history question, to be asked of several series and tables."""
+
+    start: datetime
+    end: datetime
+    step_seconds: int
+    aggregate: Aggregate
+
+    async def ask(
+        self,
+        store: TimeSeriesStore,
+        device_id: str,
+        metric: str,
+        resolution: Resolution | None = None,
+    ) -> list[Bucket]:
+        return await store.history(
+            device_id,
+            metric,
+            start=self.start,
+            end=self.end,
+            step_seconds=self.step_seconds,
+            aggregate=self.aggregate,
+            resolution=resolution,
+        )
+
+
+async def test_history_refuses_a_resolution_that_cannot_serve_the_step(
+    store: TimeSeriesStore,
+) -> None:
+    query = Query(T0, at(3600), 90, "max")
+    with pytest.raises(ValueError, match="whole multiple"):
+        await query.ask(store, "ups", "load", "1m")
+    with pytest.raises(ValueError, match="resolution must be"):
+        await query.ask(store, "ups", "load", "5m")  # type: ignore[arg-type]
+    assert await query.ask(store, "ups", "load") == []  # raw serves any step
+
+
+# windows whose ends fall on whole hours, and windows cut into minutes and seconds (pieces from
+# minute rollups and raw at each end)
+WINDOWS = {
+    "aligned": (T0 - timedelta(hours=1), T0 + timedelta(hours=3)),
+    "ragged": (
+        T0 - timedelta(minutes=17, seconds=23.456),
+        T0 + timedelta(hours=2, minutes=5, seconds=7.5),
+    ),
+    "inside-an-hour": (T0 + timedelta(minutes=3, seconds=1), T0 + timedelta(minutes=58)),
+}
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATES)
+async def test_history_from_rollups_equals_history_from_raw(
+    store: TimeSeriesStore, aggregate: Aggregate
+) -> None:
+    rng = random.Random(5)
+    for batch in shuffled_batches(rng, random_readings(rng, 800, T0 - timedelta(minutes=30), 3)):
+        await store.write(batch)
+    for start, end in WINDOWS.values():
+        for step in (60, 300, 3600, 7200):
+            query = Query(start, end, step, aggregate)
+            for device_id, metric in SERIES:
+                raw = await query.ask(store, device_id, metric, "raw")
+                assert raw, query
+                assert await query.ask(store, device_id, metric) == raw, (query, device_id, metric)
+                assert await query.ask(store, device_id, metric, "1m") == raw, (query, device_id)
+
+
+# --- retention ------------------------------------------------------------------------------
+
+NOW = T0 + timedelta(days=800, minutes=30)
+
+
+def aged(days: float, minute: int = 0) -> datetime:
+    """A time ``days`` before NOW's hour (hour-aligned cutoffs: see Retention.cutoffs_ms)."""
+    return T0 + timedelta(days=800) - timedelta(days=days) + timedelta(minutes=minute)
+
+
+async def test_retention_removes_what_it_should_and_keeps_latest(store: TimeSeriesStore) -> None:
+    # two series per age (one for the newest), each with two readings a minute apart
+    ages = {"d800": 800, "d400": 400, "d100": 100, "d10": 10}
+    readings = [
+        Reading(device, metric, float(minute), aged(days, minute))
+        for device, days in ages.items()
+        for metric in ("solo", "all")
+        if metric == "solo" or device != "d10"
+        for minute in (0, 1)
+    ]
+    # one millisecond either side of the raw cutoff (NOW's hour minus 90 days)
+    readings += [
+        Reading("edge", "load", 1.0, aged(90) - timedelta(milliseconds=1)),
+        Reading("edge", "load", 2.0, aged(90)),
+    ]
+    await store.write(readings)
+    latest_before = await store.latest()
+
+    run = await store.apply_retention(NOW)
+
+    assert (run.raw_from, run.minute_from, run.hour_from) == (aged(90), aged(365), aged(730))
+    # raw: d800, d400, d100 (6 series x 2) and the edge's older reading; 1m: d800, d400 (4 x 2
+    # minute buckets) and 1h: d800 (2 series, one hour bucket each)
+    assert (run.raw_deleted, run.minute_deleted, run.hour_deleted) == (13, 8, 2)
+    assert await store.latest() == latest_before
+
+    async def kept(device: str, metric: str, resolution: Resolution) -> float:
+        buckets = await store.history(
+            device,
+            metric,
+            start=aged(1000),
+            end=NOW,
+            step_seconds=3600,
+            aggregate="count",
+            resolution=resolution,
+        )
+        return sum(b.value for b in buckets)
+
+    counts = {
+        device: [await kept(device, "solo", r) for r in ("raw", "1m", "1h")] for device in ages
+    }
+    assert counts == {
+        "d800": [0, 0, 0],
+        "d400": [0, 0, 2],
+        "d100": [0, 2, 2],
+        "d10": [2, 2, 2],
+    }
+    assert [await kept("edge", "load", r) for r in ("raw", "1m", "1h")] == [1, 2, 2]
+
+    again = await store.apply_retention(NOW)
+    assert (again.raw_deleted, again.minute_deleted, again.hour_deleted) == (0, 0, 0)
+    earlier = await store.apply_retention(NOW - timedelta(days=30))
+    assert earlier.raw_from == aged(90)  # horizons never move back
+
+
+async def test_after_raw_retention_history_still_answers_from_rollups(
+    store: TimeSeriesStore,
+) -> None:
+    rng = random.Random(3)
+    readings = random_readings(rng, 500, T0 - timedelta(minutes=10), 3)
+    # a reading in the raw piece at the end of the ragged window
+    readings.append(Reading("ups", "load", 1.0, T0 + timedelta(hours=2, minutes=5, seconds=1)))
+    await store.write(readings)
+    queries = [
+        Query(start, end, step, aggregate)
+        for start, end in (WINDOWS["aligned"], WINDOWS["ragged"])
+        for step in (60, 3600)
+        for aggregate in AGGREGATES
+    ]
+
+    async def answers() -> list[list[Bucket]]:
+        return [await q.ask(store, d, m) for q in queries for d, m in SERIES]
+
+    before = await answers()
+    run = await store.apply_retention(T0 + timedelta(days=91))
+    assert run.raw_deleted == len(readings)
+    window = {"start": T0 - timedelta(hours=1), "end": T0 + timedelta(hours=4)}
+    assert (
+        await Query(**window, step_seconds=60, aggregate="count").ask(store, "ups", "load", "raw")
+        == []
+    )
+    # whole minutes and hours come from rollups as before; only the ragged windows' ends,
+    # which need raw, have lost their readings
+    after = await answers()
+    aligned = len(SERIES) * 2 * len(AGGREGATES)
+    assert after[:aligned] == before[:aligned]
+    assert any(a != b for a, b in zip(after[aligned:], before[aligned:], strict=True))
+    # usage reads raw only (see TimeSeriesStore.usage)
+    assert await store.usage("ups", "load", **window) == 0
+
+
+async def test_a_reading_older_than_the_raw_horizon_goes_only_into_latest(
+    store: TimeSeriesStore,
+) -> None:
+    batch = [Reading("ups", "load", float(n), at(n * 7)) for n in range(20)]
+    await store.write(batch)
+    await store.apply_retention(T0 + timedelta(days=91))
+    rollups = await all_rollups(store, **WIDE)
+    await store.write(batch)  # a replay from before the horizon must not count twice
+    await store.write([Reading("fridge", "temp", 4.5, at(30))])  # a new series, long ago
+    assert await all_rollups(store, **WIDE) == rollups
+    query = Query(T0, at(3600), 3600, "count")
+    assert await query.ask(store, "ups", "load") == [Bucket(T0, 20.0)]
+    assert await query.ask(store, "ups", "load", "raw") == []
+    assert await query.ask(store, "fridge", "temp") == []
+    assert [(v.device_id, v.value, v.ts) for v in await store.latest()] == [
+        ("fridge", 4.5, at(30)),
+        ("ups", 19.0, at(133)),
+    ]
+
+
+async def test_retention_alongside_replays_counts_nothing_twice(store: TimeSeriesStore) -> None:
+    # replays of readings on both sides of the coming raw horizon (T0 + 1 day), written while
+    # retention deletes: none may be stored again below the horizon and merged a second time
+    rng = random.Random(13)
+    readings = random_readings(rng, 300, T0 + timedelta(hours=22), 4)
+    batches = [readings[n : n + 30] for n in range(0, 300, 30)]
+    for batch in batches:
+        await store.write(batch)
+    before = await all_rollups(store, **WIDE)
+    retention = asyncio.ensure_future(store.apply_retention(T0 + timedelta(days=91)))
+    await asyncio.gather(*(store.write(batch) for batch in batches * 3))
+    assert (await retention).raw_from == T0 + timedelta(days=1)
+    assert await all_rollups(store, **WIDE) == before == all_recomputed(stored(batches))
+
+
+@pytest.mark.parametrize(
+    "periods",
+    [
+        pytest.param({"raw_days": 90, "minute_days": 30}, id="minutes-shorter-than-raw"),
+        pytest.param({"minute_days": 800}, id="minutes-longer-than-hours"),
+        pytest.param({"raw_days": 0}, id="zero"),
+        pytest.param({"hour_days": 7.5}, id="fractional"),
+        pytest.param({"raw_days": True}, id="bool"),
+    ],
+)
+async def test_retention_periods_are_checked(
+    store: TimeSeriesStore, periods: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="days"):
+        SqliteStore("unused.sqlite", **periods)
+    with pytest.raises(ValueError, match="days"):
+        PostgresStore("postgresql://unused", **periods)
+    with pytest.raises(ValueError, match="days"):
+        await store.apply_retention(NOW, **periods)
+
+
+async def test_retention_wants_an_aware_time(store: TimeSeriesStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.apply_retention(datetime(2026, 3, 2, 9, 0))
+
+
+async def test_retention_periods_come_from_the_store(opener: Opener) -> None:
+    async with opener(raw_days=1, minute_days=2, hour_days=3) as store:
+        await store.write([Reading("ups", "load", float(n), at(n * 1800)) for n in range(4)])
+        run = await store.apply_retention(T0 + timedelta(days=1, hours=1, minutes=59))
+        assert (run.raw_from, run.minute_from, run.hour_from) == (
+            T0 + timedelta(hours=1),
+            T0 - timedelta(days=1, hours=-1),
+            T0 - timedelta(days=2, hours=-1),
+        )
+        assert (run.raw_deleted, run.minute_deleted, run.hour_deleted) == (2, 0, 0)
+        # a period given to the call wins over the store's
+        run = await store.apply_retention(T0 + timedelta(days=1, hours=1), minute_days=1)
+        assert (run.minute_from, run.minute_deleted) == (T0 + timedelta(hours=1), 2)
+
+
+# --- upgrading ------------------------------------------------------------------------------
+
+
+async def test_a_store_from_before_rollups_builds_them_on_opening(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    rng = random.Random(2)
+    batches = shuffled_batches(rng, random_readings(rng, 300, T0, 2))
+    async with opener() as store:
+        for batch in batches:
+            await store.write(batch)
+    await downgrade_to_version_1(store, request)
+    async with opener() as store:
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+        await store.write(batches[0])
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+
+
+async def downgrade_to_version_1(store: TimeSeriesStore, request: pytest.FixtureRequest) -> None:
+    """Make a closed store look as version 1 left it: no rollups, no horizons."""
+    tables = ("readings_1m", "readings_1h", "retention")
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            for table in tables:
+                db.execute(f"DROP TABLE {table}")
+            db.execute("PRAGMA user_version=1")
+        db.close()
+        return
+    assert isinstance(store, PostgresStore)
+    conn = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
+    try:
+        for table in tables:
+            await conn.execute(f'DROP TABLE "{store.schema}".{table}')
+        await conn.execute(
+            f"UPDATE \"{store.schema}\".meta SET value = '1' WHERE key = 'schema_version'"
+        )
+    finally:
+        await conn.close()

@@ -15,6 +15,8 @@ __all__ = [
     "MaintenanceDue",
     "Notice",
     "PlanState",
+    "RetentionRun",
+    "Rollup",
     "StoredDeadLetter",
 ]
 
@@ -35,6 +37,36 @@ class Bucket:
 
     start: datetime
     value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One series' readings in [start, start + resolution), summarised so that any coarser
+    bucket's min, max, mean (sum over count), last (the value of the greatest ``last_ts``) and
+    count follow exactly from the rollups inside it."""
+
+    device_id: str
+    metric: str
+    start: datetime
+    min_value: float
+    max_value: float
+    sum_value: float
+    count: int
+    last_ts: datetime
+    last_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRun:
+    """What one ``apply_retention`` did: each table now holds data from its ``*_from`` on (the
+    horizon, which never moves back), and how many rows it deleted to get there."""
+
+    raw_from: datetime
+    minute_from: datetime
+    hour_from: datetime
+    raw_deleted: int
+    minute_deleted: int
+    hour_deleted: int
 
 
 @dataclass(frozen=True, slots=True)

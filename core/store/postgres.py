@@ -15,7 +15,18 @@ Choices, and why:
   and cheaper comparisons in every index;
 - when the TimescaleDB extension is available a new readings table becomes a hypertable
   (chunked by time, so old data is dropped or compressed a chunk at a time); otherwise it is a
-  plain table. Either way the primary key (device_id, metric, ts) serves every read.
+  plain table. Either way the primary key (device_id, metric, ts) serves every read;
+- rollups (``readings_1m``, ``readings_1h``; see ``core.store.timeseries``) are merged in by
+  the same statement that inserts the readings, from its ``RETURNING`` rows: exactly the
+  readings that were new, so a replay merges nothing, and ``ON CONFLICT DO UPDATE`` adds to
+  the row as committed, so concurrent writers to one bucket both count. They are plain tables
+  keyed (device_id, metric, bucket), which serves the upsert, history ranges and retention;
+- retention deletes series by series (their list is ``latest``), each a range of the primary
+  key, so no index on time alone is needed for it. Before deleting, it records the new raw
+  horizon under ``LOCK TABLE readings IN SHARE MODE``, which waits for the write transactions
+  in flight and holds new ones back until it commits: every write statement then either ran
+  wholly before the horizon moved or sees it, so a replayed reading can never slip in under
+  the horizon while its stored twin is being deleted, and be merged twice.
 
 Errors from asyncpg and the socket underneath are translated into ``StoreError`` here.
 """
@@ -35,14 +46,28 @@ from asyncpg.pool import PoolConnectionProxy
 
 from core.errors import StoreError
 from core.records import FaultEvent, Quality, Reading, Record, StatusChange
-from core.store.models import Bucket, LatestValue
-from core.store.timeseries import Aggregate, UsageFold, check_history
+from core.store.models import Bucket, LatestValue, RetentionRun, Rollup
+from core.store.timeseries import (
+    HOUR_DAYS,
+    MINUTE_DAYS,
+    RAW_DAYS,
+    ROLLUPS,
+    Aggregate,
+    Partial,
+    Resolution,
+    Retention,
+    UsageFold,
+    check_history,
+    merge_partials,
+    plan_history,
+)
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: rollup tables and retention horizons; opening a version 1 schema builds the rollups."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -72,18 +97,30 @@ _STAGING_TABLE = f"""
     ) ON COMMIT DELETE ROWS
     """
 
-# One SQL expression per aggregate, chosen from this table and never built from input.
-_BUCKET_VALUE: dict[Aggregate, str] = {
-    "min": "min(value)",
-    "max": "max(value)",
-    "mean": "avg(value)",
-    "count": "count(*)",
-    "last": "(array_agg(value ORDER BY ts DESC))[1]",
+_MS = timedelta(milliseconds=1)
+
+_ORIGIN = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+
+# Each table, with its time column: the names that SQL is built from, never input.
+_TABLES: dict[Resolution, tuple[str, str]] = {
+    "raw": ("readings", "ts"),
+    "1m": ("readings_1m", "bucket"),
+    "1h": ("readings_1h", "bucket"),
 }
+
+_WIDTH: dict[Resolution, str] = {"1m": "INTERVAL '1 minute'", "1h": "INTERVAL '1 hour'"}
 
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _to_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MS
 
 
 def _at(moment: datetime) -> datetime:
@@ -133,6 +170,30 @@ class _Sql:
         );
         -- status windows across all devices; one device's window is served by the key
         CREATE INDEX IF NOT EXISTS status_changes_by_time ON {s}.status_changes (ts);
+        -- where each table's retained data starts ('raw', '1m', '1h'): only ever moves forward
+        CREATE TABLE IF NOT EXISTS {s}.retention (
+            tier text PRIMARY KEY,
+            cutoff timestamptz NOT NULL
+        );
+        {self._rollup_table("readings_1m")}
+        {self._rollup_table("readings_1h")}
+        """
+
+    def _rollup_table(self, name: str) -> str:
+        # the key serves the merge on write, history ranges and retention's per-series deletes
+        return f"""
+        CREATE TABLE IF NOT EXISTS {self.schema}.{name} (
+            device_id text COLLATE "C" NOT NULL,
+            metric text COLLATE "C" NOT NULL,
+            bucket timestamptz NOT NULL,
+            min_value double precision NOT NULL,
+            max_value double precision NOT NULL,
+            sum_value double precision NOT NULL,
+            count bigint NOT NULL,
+            last_ts timestamptz NOT NULL,
+            last_value double precision NOT NULL,
+            PRIMARY KEY (device_id, metric, bucket)
+        );
         """
 
     @property
@@ -154,13 +215,90 @@ class _Sql:
 
     @property
     def insert_readings(self) -> str:
-        # in batch order, so that of two readings with one key the first is kept, as in SQLite
+        # In key order, and of two readings with one key in batch order, so that the first is
+        # kept, as in SQLite; none older than the raw horizon. Key order makes concurrent
+        # batches that share readings (a replay racing its original) wait for each other
+        # rather than deadlock, as they did when inserting in batch order. RETURNING yields
+        # exactly the rows inserted, which both rollups merge in; the GROUP BY gives each
+        # bucket one row, as ON CONFLICT DO UPDATE requires, and the ORDER BY makes
+        # concurrent batches lock buckets in one order too.
+        s = self.schema
         return f"""
-        INSERT INTO {self.schema}.readings
-            (device_id, metric, ts, value, quality, raw, width)
-        SELECT device_id, metric, ts, value, quality, raw, width
-        FROM pg_temp.{_STAGING} ORDER BY n
-        ON CONFLICT (device_id, metric, ts) DO NOTHING
+        WITH fresh AS (
+            INSERT INTO {s}.readings (device_id, metric, ts, value, quality, raw, width)
+            SELECT device_id, metric, ts, value, quality, raw, width
+            FROM pg_temp.{_STAGING}
+            WHERE ts >= coalesce(
+                (SELECT cutoff FROM {s}.retention WHERE tier = 'raw'), '-infinity')
+            ORDER BY device_id, metric, ts, n
+            ON CONFLICT (device_id, metric, ts) DO NOTHING
+            RETURNING device_id, metric, ts, value
+        ), minutes AS (
+            {self._merge("readings_1m", "1m")}
+        )
+        {self._merge("readings_1h", "1h")}
+        """
+
+    def _merge(self, table: str, resolution: Resolution) -> str:
+        # SET expressions see the row as it was, so last_value compares with the old last_ts
+        return f"""
+        INSERT INTO {self.schema}.{table} AS cur
+            (device_id, metric, bucket, min_value, max_value, sum_value, count, last_ts,
+             last_value)
+        SELECT device_id, metric, date_bin({_WIDTH[resolution]}, ts, {_ORIGIN}) AS bucket,
+            min(value), max(value), sum(value), count(*), max(ts),
+            (array_agg(value ORDER BY ts DESC))[1]
+        FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+            min_value = least(cur.min_value, excluded.min_value),
+            max_value = greatest(cur.max_value, excluded.max_value),
+            sum_value = cur.sum_value + excluded.sum_value,
+            count = cur.count + excluded.count,
+            last_value = CASE WHEN excluded.last_ts > cur.last_ts
+                THEN excluded.last_value ELSE cur.last_value END,
+            last_ts = greatest(cur.last_ts, excluded.last_ts)
+        """
+
+    @property
+    def backfill(self) -> str:
+        """A version 1 schema's readings summarised into the new rollups, hours from minutes."""
+        s = self.schema
+        return f"""
+        INSERT INTO {s}.readings_1m
+        SELECT device_id, metric, date_bin(INTERVAL '1 minute', ts, {_ORIGIN}) AS bucket,
+            min(value), max(value), sum(value), count(*), max(ts),
+            (array_agg(value ORDER BY ts DESC))[1]
+        FROM {s}.readings GROUP BY 1, 2, 3;
+        INSERT INTO {s}.readings_1h
+        SELECT device_id, metric, date_bin(INTERVAL '1 hour', bucket, {_ORIGIN}) AS bucket,
+            min(min_value), max(max_value), sum(sum_value), sum(count), max(last_ts),
+            (array_agg(last_value ORDER BY last_ts DESC))[1]
+        FROM {s}.readings_1m GROUP BY 1, 2, 3;
+        """
+
+    def partials(self, resolution: Resolution) -> str:
+        """One table's part of a history: per history bucket ($3) the merge-able summary of one
+        series' rows in [$4, $5), the newest value joined back by key (the reading at the
+        greatest time, or the rollup row holding it)."""
+        table, column = _TABLES[resolution]
+        if resolution == "raw":
+            summary = "min(value), max(value), sum(value), count(*), max(ts)"
+            newest, match = "r.value", "r.ts = g.last_ts"
+        else:
+            summary = (
+                "min(min_value), max(max_value), sum(sum_value), sum(count)::bigint, max(last_ts)"
+            )
+            newest = "r.last_value"
+            match = f"r.bucket = date_bin({_WIDTH[resolution]}, g.last_ts, {_ORIGIN})"
+        return f"""
+        SELECT g.bucket, g.lo, g.hi, g.total, g.n, g.last_ts, {newest} FROM (
+            SELECT date_bin($3::interval, {column}, {_ORIGIN}) AS bucket, {summary}
+            FROM {self.schema}.{table}
+            WHERE device_id = $1 AND metric = $2 AND {column} >= $4 AND {column} < $5
+            GROUP BY 1
+        ) AS g (bucket, lo, hi, total, n, last_ts)
+        JOIN {self.schema}.{table} AS r ON r.device_id = $1 AND r.metric = $2 AND {match}
+        ORDER BY g.bucket
         """
 
     @property
@@ -197,6 +335,8 @@ class PostgresStore:
 
     ``schema`` names the schema the tables live in (created when missing); ``pool_size``
     bounds the connections, enough for the writer, the rules and the API to overlap.
+    ``raw_days``, ``minute_days`` and ``hour_days`` are the retention periods that
+    ``apply_retention`` applies unless told otherwise (see ``Retention``).
     """
 
     def __init__(
@@ -206,9 +346,13 @@ class PostgresStore:
         schema: str = "equipwatch",
         pool_size: int = 4,
         connect_timeout: float = 10.0,
+        raw_days: int = RAW_DAYS,
+        minute_days: int = MINUTE_DAYS,
+        hour_days: int = HOUR_DAYS,
     ) -> None:
         if not schema or len(schema.encode()) > 63:
             raise ValueError(f"a PostgreSQL schema name has 1 to 63 bytes, not {schema!r}")
+        self.retention = Retention(raw_days, minute_days, hour_days)
         self.schema = schema
         self.hypertable = False
         """True when readings live in a TimescaleDB hypertable (known once open)."""
@@ -294,6 +438,11 @@ class PostgresStore:
         )
         readings = f"{s}.readings"
         exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", readings)
+        if exists and version is not None and int(version) < 2:
+            # version 1 had no rollups: build them, so that history read from rollups shows
+            # what was written before the upgrade too (the tables are new and empty)
+            log.info("PostgreSQL store %r: building rollups from the readings", self.schema)
+            await conn.execute(self._sql.backfill)
         timescale = await _timescaledb(conn)
         if not exists:
             await conn.execute(self._sql.readings_table)
@@ -401,23 +550,51 @@ class PostgresStore:
         end: datetime,
         step_seconds: int,
         aggregate: Aggregate,
+        resolution: Resolution | None = None,
     ) -> list[Bucket]:
-        """One metric aggregated per step over [start, end): one primary-key range scan.
+        """One metric aggregated per step over [start, end); see ``TimeSeriesStore.history``.
 
-        ``date_bin`` with the epoch as origin aligns buckets to multiples of the step, where
-        TimescaleDB's ``time_bucket`` would align week-long steps to a Monday in 2000.
+        Each piece of ``plan_history`` is one primary-key range scan of its table, on one
+        connection; the pieces' summaries are merged here. ``date_bin`` with the epoch as
+        origin aligns buckets to multiples of the step, where TimescaleDB's ``time_bucket``
+        would align week-long steps to a Monday in 2000.
         """
-        check_history(step_seconds, aggregate)
-        sql = (
-            "SELECT date_bin($3::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket, "
-            f"{_BUCKET_VALUE[aggregate]} FROM {self._sql.schema}.readings "
-            "WHERE device_id = $1 AND metric = $2 AND ts >= $4 AND ts < $5 "
-            "GROUP BY bucket ORDER BY bucket"
-        )
+        check_history(step_seconds, aggregate, resolution)
+        segments = plan_history(_to_ms(_at(start)), _to_ms(_at(end)), step_seconds, resolution)
         step = timedelta(seconds=step_seconds)
+        parts: list[Partial] = []
         with self._translated("reading history"):
-            rows = await self._connections.fetch(sql, device_id, metric, step, _at(start), _at(end))
-        return [Bucket(r[0], float(r[1])) for r in rows]
+            async with self._connections.acquire() as conn:
+                for segment in segments:
+                    rows = await conn.fetch(
+                        self._sql.partials(segment.resolution),
+                        device_id,
+                        metric,
+                        step,
+                        _from_ms(segment.start_ms),
+                        _from_ms(segment.end_ms),
+                    )
+                    parts.extend(
+                        Partial(_to_ms(r[0]), r[1], r[2], r[3], r[4], _to_ms(r[5]), r[6])
+                        for r in rows
+                    )
+        return [Bucket(_from_ms(p.start_ms), p.value(aggregate)) for p in merge_partials(parts)]
+
+    async def rollups(
+        self, device_id: str, metric: str, resolution: Resolution, *, start: datetime, end: datetime
+    ) -> list[Rollup]:
+        """Stored rollups of one series starting in [start, end); see the contract."""
+        if resolution not in ROLLUPS:
+            raise ValueError(f"resolution must be 1m or 1h, not {resolution!r}")
+        sql = (
+            "SELECT bucket, min_value, max_value, sum_value, count, last_ts, last_value "
+            f"FROM {self._sql.schema}.{_TABLES[resolution][0]} "
+            "WHERE device_id = $1 AND metric = $2 AND bucket >= $3 AND bucket < $4 "
+            "ORDER BY bucket"
+        )
+        with self._translated("reading rollups"):
+            rows = await self._connections.fetch(sql, device_id, metric, _at(start), _at(end))
+        return [Rollup(device_id, metric, *r) for r in rows]
 
     async def usage(self, device_id: str, metric: str, *, start: datetime, end: datetime) -> float:
         """Counter usage over [start, end): the reading before the window (one backward seek
@@ -470,6 +647,59 @@ class PostgresStore:
         with self._translated("reading status changes"):
             rows = await self._connections.fetch(sql + " ORDER BY ts, device_id", *args)
         return [StatusChange(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # --- retention -------------------------------------------------------------------------
+
+    async def apply_retention(
+        self,
+        now: datetime,
+        *,
+        raw_days: int | None = None,
+        minute_days: int | None = None,
+        hour_days: int | None = None,
+    ) -> RetentionRun:
+        """Delete what is older than each table's period; see ``TimeSeriesStore``.
+
+        The horizons move first, in a transaction holding ``readings`` in SHARE mode (see the
+        module's notes); then each series' old rows go, a statement per series and table,
+        each its own transaction, which never blocks writers (they add newer rows only).
+        ``latest`` is never touched. Autovacuum reclaims the space for new rows.
+        """
+        wanted = self.retention.replace(raw_days, minute_days, hour_days).cutoffs_ms(now)
+        s = self._sql.schema
+        deleted: dict[Resolution, int] = {}
+        with self._translated("applying retention"):
+            async with self._connections.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(f"LOCK TABLE {s}.readings IN SHARE MODE")
+                    rows = await conn.fetch(
+                        f"INSERT INTO {s}.retention AS cur "
+                        "SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+                        "ON CONFLICT (tier) DO UPDATE "
+                        "SET cutoff = greatest(cur.cutoff, excluded.cutoff) "
+                        "RETURNING tier, cutoff",
+                        list(wanted),
+                        [_from_ms(ms) for ms in wanted.values()],
+                    )
+                    cutoffs: dict[str, datetime] = {r[0]: r[1] for r in rows}
+                    series = await conn.fetch(f"SELECT device_id, metric FROM {s}.latest")
+                for resolution, (table, column) in _TABLES.items():
+                    deleted[resolution] = 0
+                    sql = (
+                        f"DELETE FROM {s}.{table} "
+                        f"WHERE device_id = $1 AND metric = $2 AND {column} < $3"
+                    )
+                    for device_id, metric in series:
+                        status = await conn.execute(sql, device_id, metric, cutoffs[resolution])
+                        deleted[resolution] += int(status.rsplit(" ", 1)[1])
+        return RetentionRun(
+            raw_from=cutoffs["raw"],
+            minute_from=cutoffs["1m"],
+            hour_from=cutoffs["1h"],
+            raw_deleted=deleted["raw"],
+            minute_deleted=deleted["1m"],
+            hour_deleted=deleted["1h"],
+        )
 
 
 async def _timescaledb(conn: PoolConnectionProxy) -> bool:
