@@ -55,7 +55,12 @@ def render() -> str:
         if model.transport != "mqtt":
             continue
         parts.append(f"\n### {model.kind}\n\n| field | kind | unit |\n|---|---|---|\n")
-        parts += [f"| `{c.name}` | {c.kind} | {c.unit or ''} |\n" for c in model.channels]
+        parts += [
+            f"| `{c.name}` | {c.kind} | {c.unit or ''}"
+            + (f" (published in units of {c.scale:g} {c.unit})" if c.scale != 1.0 else "")
+            + " |\n"
+            for c in model.channels
+        ]
         parts.append(f"| `faults` | fault: a list of {', '.join(model.fault_codes)} | |\n")
     parts.append(_MODBUS)
     for model in MODELS.values():

@@ -194,6 +194,8 @@ def _payload_fields(model: type[DeviceModel]) -> list[dict[str, Any]]:
             field["unit"] = channel.unit
         if channel.width:
             field["width"] = channel.width
+        if channel.scale != 1.0:
+            field["scale"] = channel.scale  # the device publishes the raw counter
         fields.append(field)
     fields.append({"field": "faults", "kind": "fault"})
     return fields

@@ -78,7 +78,7 @@ class MqttDeviceSim:
         model = self._model
         model.advance(now)
         payload: dict[str, Any] = {"ts": self._wall.now().isoformat(timespec="milliseconds")}
-        payload.update(model.values())
+        payload.update(model.published())
         payload["faults"] = model.faults()
         if self.behaviour.take_malformed():
             return self._malformed(payload)
@@ -88,7 +88,7 @@ class MqttDeviceSim:
         kind = MALFORMED_KINDS[self._malformed_sent % len(MALFORMED_KINDS)]
         self._malformed_sent += 1
         self.stats.malformed += 1
-        first = next(iter(self._model.values()))
+        first = next(iter(self._model.published()))
         if kind == "bad_json":
             return json.dumps(payload).encode()[:-7]
         if kind == "missing_field":

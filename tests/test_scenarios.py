@@ -181,7 +181,7 @@ def test_a_generated_site_reads_exactly_what_the_simulators_serve() -> None:
             assert isinstance(device.source, MqttSource)
             names = [f.field for f in device.source.fields]
             assert names == [c.name for c in model.channels] + ["faults"]
-            assert device.source.topic.endswith(f"/devices/{device.id}/telemetry")
+            assert str(device.source.topic).endswith(f"/devices/{device.id}/telemetry")
         assert [p.id for p in device.plans] == [
             f"{device.id}-{plan['suffix']}" for plan in model.default_plans
         ]
@@ -202,10 +202,11 @@ def test_the_shipped_sample_reads_exactly_what_the_simulators_serve() -> None:
             assert list(fields) == [c.name for c in model.channels] + ["faults"], device.id
             for channel in model.channels:
                 field = fields[channel.name]
-                assert (field.kind, field.unit, field.width) == (
+                assert (field.kind, field.unit, field.width, field.scale) == (
                     channel.kind,
                     channel.unit,
                     channel.width,
+                    channel.scale,
                 ), f"{device.id}.{channel.name}"
 
 

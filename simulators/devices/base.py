@@ -136,6 +136,13 @@ class DeviceModel(ABC):
         reported.update(self._gauges())
         return reported
 
+    def published(self) -> dict[str, Value]:
+        """What an MQTT device sends: counters as their raw register value (tenths of an hour,
+        say), since a counter is an integer on the wire; the config's ``scale`` turns them back."""
+        reported = self.values()
+        reported.update({name: self.counter(name) for name in self._counters})
+        return reported
+
     def faults(self) -> list[str]:
         return sorted(self._own_faults() | set(self._injected))
 
