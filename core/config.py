@@ -34,11 +34,15 @@ __all__ = [
     "CalendarPlan",
     "Device",
     "ModbusSource",
+    "MqttSettings",
     "MqttSource",
     "PayloadField",
     "Plan",
     "RegisterSpec",
+    "ReportPolicy",
     "SiteConfig",
+    "TlsSettings",
+    "TopicTemplate",
     "UsagePlan",
     "load_config",
     "parse_config",
@@ -75,6 +79,7 @@ def parse_duration(value: object) -> object:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+NonNegativeSeconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
@@ -83,6 +88,18 @@ class _Model(BaseModel):
 
 
 # --- where data comes from -------------------------------------------------------------
+
+
+class ReportPolicy(_Model):
+    """Which samples of a metric are kept: every one, or only changes beyond ``deadband``,
+    with one sample at least every ``heartbeat`` so a steady value still shows it is alive."""
+
+    mode: Literal["every", "change"] = "every"
+    deadband: float = Field(default=0.0, ge=0)
+    heartbeat: Seconds = 900.0
+
+
+EVERY_SAMPLE = ReportPolicy()
 
 
 class PayloadField(_Model):
@@ -97,15 +114,29 @@ class PayloadField(_Model):
     width: Literal[16, 32, 64] | None = Field(
         default=None, description="register width of a counter, so a wrap can be told from a reset"
     )
+    minimum: float | None = Field(default=None, description="lower bound of a plausible value")
+    maximum: float | None = Field(default=None, description="upper bound of a plausible value")
+    report: ReportPolicy = EVERY_SAMPLE
 
     @property
     def metric_name(self) -> str:
         return self.metric or self.field.strip("/").replace("/", "_")
 
+    @model_validator(mode="after")
+    def _range(self) -> PayloadField:
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum:g} is above maximum {self.maximum:g}")
+        if self.kind is MetricKind.FAULT and (self.minimum is not None or self.maximum is not None):
+            raise ValueError("a fault field holds codes, not numbers: it has no minimum or maximum")
+        return self
+
 
 class MqttSource(_Model):
+    """A device that publishes over MQTT. Its topics are given here, or matched by one of the
+    site's topic templates (``mqtt.subscriptions``) through the ``{device_id}`` segment."""
+
     protocol: Literal["mqtt"]
-    topic: str = Field(min_length=1)
+    topic: str | None = Field(default=None, min_length=1)
     status_topic: str | None = Field(
         default=None, description="retained online/offline messages, e.g. the device's last will"
     )
@@ -136,6 +167,7 @@ class RegisterSpec(_Model):
     offset: float = 0.0
     unit: str | None = None
     kind: MetricKind = MetricKind.GAUGE
+    report: ReportPolicy = EVERY_SAMPLE
 
     @field_validator("count")
     @classmethod
@@ -179,8 +211,20 @@ class ModbusSource(_Model):
     port: int = Field(default=502, ge=0, le=65535)
     unit: int = Field(default=1, ge=0, le=247)
     interval: Seconds = 10.0
+    jitter: float = Field(default=0.1, ge=0, le=0.5, description="fraction of the interval")
     timeout: Seconds = 2.0
-    offline_after_failures: int = Field(default=3, ge=1)
+    retries: int = Field(default=0, ge=0, le=5, description="extra attempts within one poll")
+    offline_after_failures: int = Field(
+        default=3, ge=1, description="consecutive failed polls that open the breaker"
+    )
+    backoff_max: Seconds = Field(
+        default=300.0, description="longest wait between retries of an offline device"
+    )
+    max_request: int = Field(default=125, ge=1, le=125, description="registers per read, at most")
+    max_gap: int = Field(default=0, ge=0, le=124, description="unused registers one read bridges")
+    pause: NonNegativeSeconds = Field(
+        default=0.0, description="quiet time between requests on this host:port"
+    )
     registers: list[RegisterSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -293,11 +337,99 @@ class SiteInfo(_Model):
         return name
 
 
+class TlsSettings(_Model):
+    ca_file: Path | None = Field(default=None, description="CA bundle the broker's cert chains to")
+    cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
+    key_file: Path | None = Field(default=None, description="client private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
+_SEGMENT = re.compile(r"^\{([a-z_]+)\}$")
+TEMPLATE_NAMES = ("site", "device_id", "channel", "any")
+
+
+class TopicTemplate(_Model):
+    """Topics with named segments, e.g. ``clinic/{site}/devices/{device_id}/telemetry``.
+
+    ``{device_id}`` names the device; ``{channel}`` names the payload field of a plain
+    (non-JSON) payload; ``{site}`` and ``{any}`` match any one level."""
+
+    topic: str = Field(min_length=1)
+    status: bool = Field(default=False, description="messages here are online/offline statuses")
+
+    @field_validator("topic")
+    @classmethod
+    def _segments(cls, topic: str) -> str:
+        names = []
+        for level in topic.split("/"):
+            if "+" in level or "#" in level:
+                raise ValueError("use named segments such as {device_id}, not MQTT wildcards")
+            if "{" in level or "}" in level:
+                match = _SEGMENT.match(level)
+                if match is None or match.group(1) not in TEMPLATE_NAMES:
+                    raise ValueError(
+                        f"segment {level!r}: a segment is a whole level, one of "
+                        + ", ".join("{" + n + "}" for n in TEMPLATE_NAMES)
+                    )
+                names.append(match.group(1))
+        if "device_id" not in names:
+            raise ValueError("a topic template needs a {device_id} segment")
+        if len(set(names) - {"any"}) != len([n for n in names if n != "any"]):
+            raise ValueError("each named segment may appear once")
+        return topic
+
+
 class MqttSettings(_Model):
     url: str | None = Field(
-        default=None, pattern=r"^mqtts?://[^:/]+(:\d+)?/?$", description="mqtt://host:port"
+        default=None,
+        pattern=r"^mqtts?://[^:/]+(:\d+)?/?$",
+        description="mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default)",
     )
     client_id: Identifier = "equipwatch-collector"
+    username: str | None = None
+    password: str | None = None
+    tls: TlsSettings | None = None
+    protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(str)] = Field(
+        default="auto",
+        description="MQTT version; auto uses 5 and falls back to 3.1.1 when the broker does not "
+        "speak 5 (3.1.1 has no session expiry and no receive maximum)",
+    )
+    qos: Literal[0, 1, 2] = Field(
+        default=1,
+        description="subscription QoS. 1 with acknowledgement after the commit loses nothing "
+        "across a crash; at 2, paho confirms receipt (PUBREC) before the collector sees the "
+        "message, so a crash before the commit loses it",
+    )
+    session_expiry: NonNegativeSeconds = Field(
+        default=86400.0,
+        description="how long the broker keeps the session (and queued QoS 1 messages) while "
+        "the collector is away; 0 starts clean every time",
+    )
+    receive_maximum: int = Field(
+        default=10_000,
+        ge=1,
+        le=65535,
+        description="QoS 1/2 messages the broker may send before the collector acknowledges. "
+        "Acknowledgements wait for the store's commit, so this window bounds throughput",
+    )
+    shared_group: Identifier | None = Field(
+        default=None, description="subscribe as $share/<group>/... so collectors split a stream"
+    )
+    backoff_max: Seconds = 30.0
+    subscriptions: list[TopicTemplate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.tls is not None and self.url is not None and not self.url.startswith("mqtts://"):
+            raise ValueError("tls settings need an mqtts:// url")
+        return self
 
 
 class StoreSettings(_Model):
@@ -405,6 +537,7 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
     """Checks that span devices; pydantic validates each device on its own."""
     device_ids: dict[str, int] = {}
     plan_ids: dict[str, tuple[int, int]] = {}
+    yield from _mqtt_cross_checks(data)
     for index, device in enumerate(data.get("devices") or []):
         if not isinstance(device, dict):
             continue
@@ -429,6 +562,37 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
                     )
                 else:
                     plan_ids[plan_id] = (index, plan_index)
+
+
+def _mqtt_cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
+    """An MQTT device's data must arrive somewhere: on its own ``topic`` or on a topic template
+    (one that is not a status template), and no two devices may claim the same topic."""
+    mqtt = data.get("mqtt")
+    templates = mqtt.get("subscriptions") if isinstance(mqtt, dict) else None
+    has_data_template = isinstance(templates, list) and any(
+        isinstance(t, dict) and not t.get("status", False) for t in templates
+    )
+    topics: dict[str, int] = {}
+    for index, device in enumerate(data.get("devices") or []):
+        source = device.get("source") if isinstance(device, dict) else None
+        if not isinstance(source, dict) or source.get("protocol") != "mqtt":
+            continue
+        for key in ("topic", "status_topic"):
+            topic = source.get(key)
+            if isinstance(topic, str):
+                if topic in topics:
+                    yield (
+                        ("devices", index, "source", key),
+                        f"topic {topic!r} is already used by devices[{topics[topic]}]",
+                    )
+                else:
+                    topics[topic] = index
+        if source.get("topic") is None and not has_data_template:
+            yield (
+                ("devices", index, "source"),
+                "an MQTT device needs a topic, or a topic template in mqtt.subscriptions "
+                "(with {device_id} and without status: true) that matches it",
+            )
 
 
 def parse_document(
