@@ -8,22 +8,26 @@ device (MQTT) and runs until cancelled; a *polled* source asks each device on a 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from core.records import DeadLetter, FaultEvent, Record, StatusChange
 
-__all__ = ["CollectorStats", "FaultTracker", "OnlineTracker", "RecordSink"]
+__all__ = ["CollectorStats", "FaultTracker", "OnDurable", "OnlineTracker", "RecordSink"]
+
+
+OnDurable = Callable[[], None]
 
 
 class RecordSink(Protocol):
-    async def put(self, records: Sequence[Record]) -> None:
-        """Accept records; may wait when the sink is full (backpressure)."""
+    async def put(self, records: Sequence[Record], on_durable: OnDurable | None = None) -> None:
+        """Accept records; may wait when the sink is full (backpressure). ``on_durable`` is
+        called once they are committed."""
         ...
 
-    async def dead_letter(self, letter: DeadLetter) -> None:
+    async def dead_letter(self, letter: DeadLetter, on_durable: OnDurable | None = None) -> None:
         """Keep a message that could not be turned into records."""
         ...
 

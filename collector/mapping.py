@@ -11,7 +11,7 @@ from core.config import Device, MqttSource, PayloadField
 from core.errors import PayloadError
 from core.records import MetricKind, Quality, Reading
 
-__all__ = ["MappedPayload", "map_payload"]
+__all__ = ["MappedPayload", "channel_field", "map_payload"]
 
 
 class MappedPayload:
@@ -70,7 +70,20 @@ def _number(spec: PayloadField, value: Any) -> tuple[float, int | None]:
         raise PayloadError("out_of_range", f"{spec.field}: a counter cannot be negative")
     if raw is not None and spec.width is not None and raw >= 2**spec.width:
         raise PayloadError("out_of_range", f"{spec.field}: {raw} does not fit {spec.width} bits")
-    return value * spec.scale + spec.offset, raw
+    number = value * spec.scale + spec.offset
+    # the plausible range is in the metric's unit, so it is checked after scale and offset
+    if (spec.minimum is not None and number < spec.minimum) or (
+        spec.maximum is not None and number > spec.maximum
+    ):
+        raise PayloadError(
+            "out_of_range",
+            f"{spec.field}: {number:g} is outside [{_bound(spec.minimum)}, {_bound(spec.maximum)}]",
+        )
+    return number, raw
+
+
+def _bound(limit: float | None) -> str:
+    return "…" if limit is None else f"{limit:g}"
 
 
 def _faults(spec: PayloadField, value: Any) -> set[str]:
@@ -83,8 +96,27 @@ def _faults(spec: PayloadField, value: Any) -> set[str]:
     raise PayloadError("wrong_type", f"{spec.field}: expected a fault code or a list of codes")
 
 
-def map_payload(device: Device, payload: bytes, received: datetime) -> MappedPayload:
-    """Map one payload of ``device``; raise PayloadError with a countable reason if it can't be."""
+def channel_field(source: MqttSource, channel: str) -> PayloadField:
+    """The payload field a ``{channel}`` topic segment names: by metric name or by field."""
+    for spec in source.fields:
+        if channel in (spec.metric_name, spec.field, spec.field.strip("/")):
+            return spec
+    raise PayloadError(
+        "unknown_channel",
+        f"{channel!r} is none of {', '.join(spec.metric_name for spec in source.fields)}",
+    )
+
+
+def map_payload(
+    device: Device, payload: bytes, received: datetime, channel: str | None = None
+) -> MappedPayload:
+    """Map one payload of ``device``; raise PayloadError with a countable reason if it can't be.
+
+    A payload is a JSON object whose fields the device's payload map names. A plain JSON value
+    (``21.5``, ``true``, ``"E12"``) is the value of one field: the one the topic's ``{channel}``
+    names, or the device's only field; it carries no time of its own, so it is stamped with
+    ``received``. With a ``channel``, only that channel's field is mapped.
+    """
     source = device.source
     assert isinstance(source, MqttSource)
     try:
@@ -92,30 +124,32 @@ def map_payload(device: Device, payload: bytes, received: datetime) -> MappedPay
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         # a bare number is a valid JSON document too, so this is not JSON at all
         raise PayloadError("bad_json", str(exc)) from exc
-    if not isinstance(document, dict):
-        if len(source.fields) == 1 and isinstance(document, int | float):
-            document = {source.fields[0].field.lstrip("/"): document}
-        else:
-            raise PayloadError(
-                "not_an_object", f"expected a JSON object, got {type(document).__name__}"
-            )
-
+    specs = source.fields if channel is None else [channel_field(source, channel)]
     ts = received
-    if source.timestamp_field is not None:
-        try:
-            ts = _timestamp(_lookup(document, source.timestamp_field))
-        except KeyError as exc:
-            raise PayloadError("missing_field", f"{source.timestamp_field} is missing") from exc
-        except (ValueError, OverflowError, OSError) as exc:
-            raise PayloadError("bad_timestamp", f"{source.timestamp_field}: {exc}") from exc
+    if isinstance(document, dict):
+        if source.timestamp_field is not None:
+            try:
+                ts = _timestamp(_lookup(document, source.timestamp_field))
+            except KeyError as exc:
+                raise PayloadError("missing_field", f"{source.timestamp_field} is missing") from exc
+            except (ValueError, OverflowError, OSError) as exc:
+                raise PayloadError("bad_timestamp", f"{source.timestamp_field}: {exc}") from exc
+        values = []
+        for spec in specs:
+            try:
+                values.append(_lookup(document, spec.field))
+            except KeyError as exc:
+                raise PayloadError("missing_field", f"{spec.field} is missing") from exc
+    elif len(specs) == 1 and not isinstance(document, list):
+        values = [document]
+    else:
+        raise PayloadError(
+            "not_an_object", f"expected a JSON object, got {type(document).__name__}"
+        )
 
     readings: list[Reading] = []
     active_faults: set[str] | None = None
-    for spec in source.fields:
-        try:
-            value = _lookup(document, spec.field)
-        except KeyError as exc:
-            raise PayloadError("missing_field", f"{spec.field} is missing") from exc
+    for spec, value in zip(specs, values, strict=True):
         if spec.kind is MetricKind.FAULT:
             active_faults = (active_faults or set()) | _faults(spec, value)
             continue

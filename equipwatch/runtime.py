@@ -16,6 +16,7 @@ from api.app import create_app
 from collector.base import CollectorStats
 from collector.modbus import ModbusCollector
 from collector.mqtt import MqttCollector
+from collector.report import ReportFilter
 from collector.writer import BatchWriter
 from core.clock import Clock
 from core.config import ModbusSource, MqttSource, SiteConfig
@@ -77,6 +78,8 @@ class Service:
         self.writer = BatchWriter(
             store, batch_size=site.store.batch_size, flush_interval=site.store.flush_interval
         )
+        # every source writes through the metrics' report policies (deadband, heartbeat)
+        self.report = ReportFilter(site.devices, self.writer)
         self.rules = RulesEngine(site, store, clock)
         mqtt_devices = [d for d in site.devices if isinstance(d.source, MqttSource)]
         modbus_devices = [d for d in site.devices if isinstance(d.source, ModbusSource)]
@@ -86,14 +89,14 @@ class Service:
                 raise ValueError("devices publish over MQTT but no broker URL is configured")
             self.mqtt = MqttCollector(
                 mqtt_devices,
+                settings=site.mqtt,
                 url=mqtt_url,
-                client_id=site.mqtt.client_id,
-                sink=self.writer,
+                sink=self.report,
                 clock=clock,
                 stats=self.stats,
             )
         self.modbus = (
-            ModbusCollector(modbus_devices, sink=self.writer, clock=clock, stats=self.stats)
+            ModbusCollector(modbus_devices, sink=self.report, clock=clock, stats=self.stats)
             if modbus_devices
             else None
         )

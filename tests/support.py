@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -72,26 +72,55 @@ def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes]
     raise AssertionError(f"nothing listened on port {port} within {timeout:g}s")
 
 
+class Mosquitto:
+    """A Mosquitto on a loopback port that can be stopped and started again on the same port,
+    with its persistence file in ``directory``, so sessions and queued messages survive."""
+
+    def __init__(self, directory: Path, *, settings: Mapping[str, object] | None = None) -> None:
+        self.binary = require_binary("mosquitto", "mosquitto")
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            # as root, mosquitto would switch to its own user, who cannot write to this directory
+            "user root\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {directory}/\n"
+            f"log_dest file {directory}/mosquitto.log\n"
+            + "".join(f"{key} {value}\n" for key, value in (settings or {}).items())
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)])
+        try:
+            wait_for_port(self.port, timeout=10, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop as a service manager would (SIGTERM): Mosquitto saves its persistence file."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @contextmanager
-def mosquitto(directory: Path) -> Iterator[str]:
-    """A throwaway Mosquitto on a free loopback port; yields its mqtt:// URL."""
-    binary = require_binary("mosquitto", "mosquitto")
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        # as root, mosquitto would switch to its own user, who cannot write to this directory
-        "user root\n"
-        "allow_anonymous true\n"
-        "persistence true\n"
-        f"persistence_location {directory}/\n"
-        f"log_dest file {directory}/mosquitto.log\n"
-    )
-    process = subprocess.Popen([binary, "-c", str(config)])
+def mosquitto(directory: Path, *, settings: Mapping[str, object] | None = None) -> Iterator[str]:
+    """A throwaway Mosquitto on a free loopback port; yields its mqtt:// URL. ``settings`` adds
+    lines to its configuration (e.g. ``{"max_queued_messages": 0}``)."""
+    broker = Mosquitto(directory, settings=settings)
+    broker.start()
     try:
-        wait_for_port(port, timeout=10, process=process)
-        yield f"mqtt://127.0.0.1:{port}"
+        yield broker.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        broker.stop()

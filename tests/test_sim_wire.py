@@ -199,9 +199,10 @@ async def test_mosquitto_sub_sees_documented_json_status_and_last_will(
     assert isinstance(second.source, MqttSource)
     telemetry, status = first.source.topic, first.source.status_topic
     will_topic = second.source.status_topic
+    assert telemetry is not None
     assert status is not None
     assert will_topic is not None
-    slug = first.source.topic.split("/")[1]
+    slug = str(first.source.topic).split("/")[1]
     assert first.source.topic == f"clinic/{slug}/devices/{first.id}/telemetry"
     assert first.source.status_topic == f"clinic/{slug}/devices/{first.id}/status"
     clock = AcceleratedClock(datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 60.0)
@@ -258,13 +259,13 @@ async def test_a_scenario_shows_on_the_wire(
     autoclave, ups = site.devices
     assert isinstance(autoclave.source, MqttSource)
     assert isinstance(ups.source, ModbusSource)
-    unit, status = ups.source.unit, autoclave.source.status_topic
-    assert status is not None
+    unit, status, telemetry = ups.source.unit, autoclave.source.status_topic, autoclave.source.topic
+    assert status
+    assert telemetry
     origin = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
     clock = AcceleratedClock(origin, 3600.0)  # a simulated hour a second
-    scenario_file = tmp_path / "scenario.yaml"
-    scenario_file.write_text(SCENARIO)
-    scenario = load_scenario(scenario_file, site, origin)
+    (tmp_path / "scenario.yaml").write_text(SCENARIO)
+    scenario = load_scenario(tmp_path / "scenario.yaml", site, origin)
     fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=clock)
     runner = ScenarioRunner(scenario, fleet.targets, clock=clock, origin=origin)
     line_fails: list[int] = []
@@ -285,7 +286,7 @@ async def test_a_scenario_shows_on_the_wire(
                 answers.append("unreachable")
             await asyncio.sleep(0.05)
 
-    async with Subscriber(mqtt_url, f"clinic/{autoclave.source.topic.split('/')[1]}/#") as sub:
+    async with Subscriber(mqtt_url, f"clinic/{telemetry.split('/')[1]}/#") as sub:
         tasks = [asyncio.create_task(coro, name=name) for name, coro in fleet.tasks()]
         tasks.append(asyncio.create_task(runner.run()))
         tasks.append(asyncio.create_task(poll_ups()))
@@ -307,7 +308,7 @@ async def test_a_scenario_shows_on_the_wire(
     # the Modbus exception response, and answers again after the window
     assert "exception 6" in answers
     assert answers[-1] == "ok"
-    _assert_reset_and_malformed(sub.payloads(autoclave.source.topic))
+    _assert_reset_and_malformed(sub.payloads(telemetry))
     # the will said offline with no goodbye; the device said online when it came back
     statuses = sub.payloads(status)
     assert statuses.index("offline") < len(statuses) - 1
