@@ -136,24 +136,6 @@ CREATE TABLE IF NOT EXISTS {name} (
 """
 
 
-def _merge_sql(table: str) -> str:
-    """Merge one bucket's new readings into its rollup row: SET expressions see the row as it
-    was, so ``last_value`` compares against the old ``last_ts_ms``."""
-    return (
-        f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (device_id, metric, bucket_ms) DO UPDATE SET "
-        "min_value = min(min_value, excluded.min_value), "
-        "max_value = max(max_value, excluded.max_value), "
-        "sum_value = sum_value + excluded.sum_value, "
-        "count = count + excluded.count, "
-        "last_value = CASE WHEN excluded.last_ts_ms > last_ts_ms "
-        "THEN excluded.last_value ELSE last_value END, "
-        "last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)"
-    )
-
-
-_MERGE_SQL = {resolution: _merge_sql(_TABLES[resolution][0]) for resolution in ROLLUPS}
-
 # A version 1 file's readings summarised into the new rollup tables, hours from minutes. The
 # newest value comes from the reading (or minute row) holding the greatest time, by key.
 _BACKFILL = f"""
@@ -367,6 +349,7 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch scratch table never hits disk
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             conn.close()
@@ -924,55 +907,78 @@ class SqliteStore:
         return await self._run(query)
 
 
+# The batch being written, deduplicated by key (the first of a key wins, as in readings): a
+# temporary table, so that finding the new readings and merging them into the rollups are each
+# one set-based statement rather than Python work per reading.
+_BATCH_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS batch_readings (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    quality TEXT NOT NULL,
+    raw INTEGER,
+    width INTEGER,
+    PRIMARY KEY (device_id, metric, ts_ms)
+) WITHOUT ROWID
+"""
+
+
+def _merge_batch_sql(table: str, width: str) -> str:
+    """Merge the new readings of the batch into one rollup table, bucket by bucket. The newest
+    value is joined back by key: with several min()/max() in one query, SQLite's bare-column
+    rule would pick an arbitrary row. ``WHERE true`` keeps ON CONFLICT from parsing as a join."""
+    return f"""
+INSERT INTO {table}
+SELECT g.device_id, g.metric, g.bucket, g.lo, g.hi, g.total, g.n, g.last_ts, b.value
+FROM (
+    SELECT device_id, metric, {_floor_sql("ts_ms", width)} AS bucket, min(value) AS lo,
+        max(value) AS hi, sum(value) AS total, count(*) AS n, max(ts_ms) AS last_ts
+    FROM batch_readings GROUP BY device_id, metric, bucket
+) AS g
+JOIN batch_readings AS b ON b.device_id = g.device_id AND b.metric = g.metric
+    AND b.ts_ms = g.last_ts
+WHERE true
+ON CONFLICT (device_id, metric, bucket_ms) DO UPDATE SET
+    min_value = min(min_value, excluded.min_value),
+    max_value = max(max_value, excluded.max_value),
+    sum_value = sum_value + excluded.sum_value,
+    count = count + excluded.count,
+    last_value = CASE WHEN excluded.last_ts_ms > last_ts_ms
+        THEN excluded.last_value ELSE last_value END,
+    last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)
+"""
+
+
+_MERGE_BATCH_SQL = {"1m": _merge_batch_sql("readings_1m", "60000"),
+                    "1h": _merge_batch_sql("readings_1h", "3600000")}  # fmt: skip
+
+
 def _insert_readings(db: sqlite3.Connection, readings: Sequence[tuple[Any, ...]]) -> None:
     """Insert readings (rows of the readings table) and merge those actually inserted into
     the rollups; leave out those older than the raw horizon (see ``core.store.timeseries``).
 
-    Only new readings may be merged, or a replay would count twice, so each reading is its
-    own statement, whose change count tells whether it inserted. (Measured: no slower than
-    one executemany; an executemany checked by the total change count, redone row by row
-    under a savepoint when short, was 15% slower.)
+    Only new readings may be merged, or a replay would count twice: the batch goes into a
+    temporary table, the keys already stored are removed from it, and what is left is both
+    inserted and merged, each in one statement.
     """
     horizon_row = db.execute("SELECT cutoff_ms FROM retention WHERE tier = 'raw'").fetchone()
     horizon = None if horizon_row is None else horizon_row[0]
-    insert = "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
-    new = [
-        row
-        for row in readings
-        if (horizon is None or row[2] >= horizon) and db.execute(insert, row).rowcount == 1
-    ]
-    if not new:
+    rows = readings if horizon is None else [row for row in readings if row[2] >= horizon]
+    if not rows:
         return
-    # Each bucket's new readings as [min, max, sum, count, newest time, newest value]: minutes
-    # from the readings, hours from the minutes (fewer of them).
-    minutes: dict[tuple[str, str, int], list[Any]] = {}
-    for device_id, metric, ts_ms, value, *_ in new:
-        key = (device_id, metric, ts_ms - ts_ms % 60_000)
-        delta = minutes.get(key)
-        if delta is None:
-            minutes[key] = [value, value, value, 1, ts_ms, value]
-            continue
-        delta[0] = min(delta[0], value)
-        delta[1] = max(delta[1], value)
-        delta[2] += value
-        delta[3] += 1
-        if ts_ms > delta[4]:
-            delta[4], delta[5] = ts_ms, value
-    hours: dict[tuple[str, str, int], list[Any]] = {}
-    for (device_id, metric, bucket), (lo, hi, total, n, last_ts, last) in minutes.items():
-        key = (device_id, metric, bucket - bucket % 3_600_000)
-        delta = hours.get(key)
-        if delta is None:
-            hours[key] = [lo, hi, total, n, last_ts, last]
-            continue
-        delta[0] = min(delta[0], lo)
-        delta[1] = max(delta[1], hi)
-        delta[2] += total
-        delta[3] += n
-        if last_ts > delta[4]:
-            delta[4], delta[5] = last_ts, last
-    db.executemany(_MERGE_SQL["1m"], [(*key, *delta) for key, delta in minutes.items()])
-    db.executemany(_MERGE_SQL["1h"], [(*key, *delta) for key, delta in hours.items()])
+    db.execute(_BATCH_TABLE)
+    db.execute("DELETE FROM batch_readings")
+    db.executemany("INSERT OR IGNORE INTO batch_readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute(
+        "DELETE FROM batch_readings WHERE EXISTS (SELECT 1 FROM readings AS r "
+        "WHERE r.device_id = batch_readings.device_id AND r.metric = batch_readings.metric "
+        "AND r.ts_ms = batch_readings.ts_ms)"
+    )
+    if db.execute("INSERT INTO readings SELECT * FROM batch_readings").rowcount == 0:
+        return
+    db.execute(_MERGE_BATCH_SQL["1m"])
+    db.execute(_MERGE_BATCH_SQL["1h"])
 
 
 def _advance_horizons(
