@@ -1,0 +1,762 @@
+"""Storage benchmark: the SQLite writer against a bare executemany, then load time, size on disk
+and the time-series queries (latest, history, usage) on 10 million readings, SQLite and
+PostgreSQL side by side.
+
+    .venv/bin/python -m bench.store [--devices 1000 --metrics 10 --per-series 1000]
+        [--backend sqlite|postgres|both] [--quick]
+
+The data is generated deterministically and streamed, in time order as the collectors would
+deliver it (every device's readings of one poll, then the next poll): ``--devices`` devices x
+``--metrics`` metrics (2 counters, uint32 with raw and width, the rest gauges) x
+``--per-series`` readings, each series spanning the 30 days before a fixed end (2025-06-01 UTC),
+with one device (dev0000) also reporting every 10 s over the last 24 hours (``--no-dense`` to
+leave that out), so that a 24-hour history has real work.
+
+1. Writer throughput (SQLite), on the first ``--writer-rows`` readings, each run into a fresh
+   file whose schema SqliteStore created: (a) a bare ``executemany("INSERT OR IGNORE INTO
+   readings ...")`` per batch of ``--writer-batch`` rows in a transaction of its own, on a raw
+   sqlite3 connection with the store's pragmas; (b) equipwatch's writer path, BatchWriter +
+   SqliteStore, fed one device's poll at a time. Target: (b) >= 0.7 x (a). Besides, (a2): the
+   four writes the store makes (raw insert, both rollup merges, the upsert of ``latest``) as bare
+   executemany, which tells the cost of the design from that of its implementation. Each runs
+   twice, in the order a a2 b b a2 a (the machine may be shared), and the best run counts.
+2. The full data loaded through each store's ``write`` in batches of ``--load-batch`` readings;
+   the load time counts the time spent in ``write`` only (not generating the data). Size on
+   disk: the SQLite file and its WAL after a checkpoint; PostgreSQL's ``pg_total_relation_size``
+   of the schema's tables, after a ``VACUUM ANALYZE`` (what autovacuum would do after a load).
+3. Each query ``--repeats`` times after ``--warmups`` warm-ups, median and p95 in ms, through the
+   stores' own methods (what the API calls): latest values of every series, 24 h history of one
+   gauge at a 60 s step (mean), usage of one counter over 30 days. Targets 20, 50 and 20 ms,
+   judged on the median.
+
+PostgreSQL is the server named by EQUIPWATCH_BENCH_POSTGRES_DSN (in a schema of its own, dropped
+afterwards unless ``--keep-schema``), else a throwaway cluster started like the tests' one
+(``tests.pg``: fsync and synchronous_commit off, default shared_buffers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import math
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+
+from collector.writer import BatchWriter
+from core.records import Quality, Reading
+from core.store import PostgresStore, SqliteStore
+from core.store.timeseries import TimeSeriesStore
+from tests.pg import drop_schema, postgres_cluster
+
+DSN_VARIABLE = "EQUIPWATCH_BENCH_POSTGRES_DSN"
+
+END = datetime(2025, 6, 1, tzinfo=UTC)
+"""Every series ends just before this; the queries ask about the time up to it."""
+END_S = int(END.timestamp())
+SPAN_S = 30 * 86_400
+DENSE_S = 86_400  # dev0000's dense stretch: the last 24 hours...
+DENSE_STEP_S = 10  # ...one reading every 10 s
+
+COUNTERS = ("cycles", "runtime_s")
+GAUGES = (
+    "temperature_c",
+    "pressure_kpa",
+    "humidity_pct",
+    "supply_v",
+    "current_a",
+    "power_w",
+    "flow_lpm",
+    "vibration_mm_s",
+)
+WIDTH = 32
+GOOD = Quality.GOOD.value
+
+# the issue's targets
+WRITER_TARGET = 0.7
+LATEST_MS, HISTORY_MS, USAGE_MS = 20.0, 50.0, 20.0
+
+FULL = {
+    "devices": 1000,
+    "metrics": 10,
+    "per_series": 1000,
+    "writer_rows": 1_000_000,
+    "repeats": 20,
+    "warmups": 2,
+}
+QUICK = {
+    "devices": 100,
+    "metrics": 10,
+    "per_series": 100,
+    "writer_rows": 50_000,
+    "repeats": 5,
+    "warmups": 1,
+}
+
+Row = tuple[str, str, int, float, str, int | None, int | None]
+"""A row of the readings table as SQLite stores it: device, metric, ts_ms, value, quality, raw,
+width."""
+
+_T = TypeVar("_T")
+
+
+# --- the data ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    devices: int
+    metrics: int
+    per_series: int
+    dense: bool
+
+    @property
+    def period_s(self) -> int:
+        """Seconds between one series' readings: 30 days over ``per_series``, made even so
+        that sparse readings fall on even seconds and dense ones (odd) never collide."""
+        return SPAN_S // self.per_series // 2 * 2
+
+    @property
+    def start_s(self) -> int:
+        return END_S - SPAN_S
+
+    @property
+    def dense_count(self) -> int:
+        """The dense device's extra readings per metric."""
+        return DENSE_S // DENSE_STEP_S if self.dense else 0
+
+    @property
+    def total(self) -> int:
+        return (self.devices * self.per_series + self.dense_count) * self.metrics
+
+    def device_ids(self) -> list[str]:
+        return [f"dev{index:04d}" for index in range(self.devices)]
+
+    def metric_names(self) -> list[str]:
+        names = [*COUNTERS, *GAUGES]
+        names += [f"gauge_{index}" for index in range(len(names), self.metrics)]
+        return names[: self.metrics]
+
+    def offset_s(self, device: int) -> int:
+        """Devices poll in turn across the period, on even seconds, so that the stream of
+        polls is in time order."""
+        return device * self.period_s // self.devices // 2 * 2
+
+
+def _poll(device_id: str, base: int, device: int, ts_s: int, metrics: Sequence[str]) -> list[Row]:
+    """One device's readings at one time: counters as functions of time (so that the sparse and
+    dense readings of one device agree, and some registers wrap), gauges as a sawtooth."""
+    ts_ms = ts_s * 1000
+    cycles = (base + ts_s // 600) % 2**WIDTH
+    runtime = (base + ts_s) % 2**WIDTH
+    rows: list[Row] = []
+    for index, metric in enumerate(metrics):
+        if index == 0:
+            rows.append((device_id, metric, ts_ms, float(cycles), GOOD, cycles, WIDTH))
+        elif index == 1:
+            rows.append((device_id, metric, ts_ms, runtime / 3600, GOOD, runtime, WIDTH))
+        else:
+            value = 20.0 + ((ts_s // 10) * (index + 3) + device * 7) % 1000 / 100
+            rows.append((device_id, metric, ts_ms, value, GOOD, None, None))
+    return rows
+
+
+def polls(shape: Shape) -> Iterator[list[Row]]:
+    """Every poll (one device's readings at one time), in time order; dev0000's dense polls go
+    in before the round of sparse polls that starts after them."""
+    devices = shape.device_ids()
+    metrics = shape.metric_names()
+    bases = [device * 2_654_435_761 % 2**WIDTH for device in range(shape.devices)]
+    offsets = [shape.offset_s(device) for device in range(shape.devices)]
+    dense_start = END_S - DENSE_S + 1  # odd seconds
+    dense = iter(range(dense_start, END_S, DENSE_STEP_S) if shape.dense else ())
+    pending = next(dense, None)
+    for round_index in range(shape.per_series):
+        round_start = shape.start_s + round_index * shape.period_s
+        while pending is not None and pending < round_start:
+            yield _poll(devices[0], bases[0], 0, pending, metrics)
+            pending = next(dense, None)
+        for device, device_id in enumerate(devices):
+            yield _poll(device_id, bases[device], device, round_start + offsets[device], metrics)
+    while pending is not None:
+        yield _poll(devices[0], bases[0], 0, pending, metrics)
+        pending = next(dense, None)
+
+
+def rows(shape: Shape) -> Iterator[Row]:
+    return itertools.chain.from_iterable(polls(shape))
+
+
+def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def readings(batch: Sequence[Row]) -> list[Reading]:
+    """Rows as the collectors' records; one datetime per poll, as a collector makes it."""
+    out: list[Reading] = []
+    last_ms, moment = -1, END
+    good = Quality.GOOD
+    for device_id, metric, ts_ms, value, _, raw, width in batch:
+        if ts_ms != last_ms:
+            last_ms, moment = ts_ms, datetime.fromtimestamp(ts_ms / 1000, UTC)
+        out.append(Reading(device_id, metric, value, moment, good, raw, width))
+    return out
+
+
+# --- 1. writer throughput (SQLite) ---------------------------------------------------------------
+
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
+BARE_INSERT = "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+async def create_schema(path: Path) -> None:
+    async with SqliteStore(path):
+        pass
+
+
+def count_readings(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# The statements SqliteStore._write issues besides the raw insert (core/store/sqlite.py:
+# ``_MERGE_SQL`` and the upsert of ``latest``), for the same-work baseline (a2).
+MERGE = (
+    "INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, metric, bucket_ms) DO UPDATE SET "
+    "min_value = min(min_value, excluded.min_value), "
+    "max_value = max(max_value, excluded.max_value), "
+    "sum_value = sum_value + excluded.sum_value, "
+    "count = count + excluded.count, "
+    "last_value = CASE WHEN excluded.last_ts_ms > last_ts_ms "
+    "THEN excluded.last_value ELSE last_value END, "
+    "last_ts_ms = max(last_ts_ms, excluded.last_ts_ms)"
+)
+LATEST = (
+    "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, metric) DO UPDATE SET "
+    "ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality "
+    "WHERE excluded.ts_ms >= latest.ts_ms"
+)
+
+
+def _bare_batch(conn: sqlite3.Connection, batch: Sequence[Row]) -> None:
+    conn.executemany(BARE_INSERT, batch)
+
+
+def _same_work_batch(conn: sqlite3.Connection, batch: Sequence[Row]) -> None:
+    """The store's four writes per batch as plain executemany: no per-row change check, and a
+    rollup row per reading rather than per bucket (the same thing when, as here, a batch holds
+    at most one reading of a series' minute)."""
+    conn.executemany(BARE_INSERT, batch)
+    for table, width in (("readings_1m", 60_000), ("readings_1h", 3_600_000)):
+        conn.executemany(
+            MERGE.format(table=table),
+            [(d, m, ts - ts % width, v, v, v, 1, ts, v) for d, m, ts, v, *_ in batch],
+        )
+    conn.executemany(LATEST, [row[:5] for row in batch])
+
+
+def bare_rate(
+    path: Path,
+    subset: Sequence[Row],
+    batch_size: int,
+    write: Callable[[sqlite3.Connection, Sequence[Row]], None],
+) -> float:
+    """Rows per second of raw sqlite3 writes into a fresh file with the store's schema and
+    pragmas, a transaction per batch, as the store commits."""
+    asyncio.run(create_schema(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+        started = time.perf_counter()
+        for index in range(0, len(subset), batch_size):
+            conn.execute("BEGIN IMMEDIATE")
+            write(conn, subset[index : index + batch_size])
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    return len(subset) / elapsed
+
+
+async def writer_rate(
+    path: Path, subset: Sequence[Reading], metrics: int, batch_size: int
+) -> float:
+    """Readings per second through BatchWriter + SqliteStore, from the first put to the commit
+    of the last batch; fed a poll at a time, as a collector puts them."""
+    async with SqliteStore(path) as store:
+        writer = BatchWriter(store, batch_size=batch_size)
+        task = asyncio.create_task(writer.run(), name="bench.writer")
+        done = asyncio.Event()
+        started = time.perf_counter()
+        for index in range(0, len(subset), metrics):
+            await writer.put(subset[index : index + metrics])
+        await writer.put([], on_durable=done.set)
+        await done.wait()
+        elapsed = time.perf_counter() - started
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    return len(subset) / elapsed
+
+
+@dataclass(frozen=True)
+class WriterResult:
+    rows: int
+    batch_size: int
+    bare: list[float]
+    same_work: list[float]
+    ours: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return max(self.ours) / max(self.bare)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= WRITER_TARGET
+
+    def lines(self) -> list[str]:
+        def rates(label: str, runs: list[float]) -> str:
+            each = ", ".join(f"{rate:,.0f}" for rate in runs)
+            return f"   {label:<48} {max(runs):>9,.0f} rows/s  (runs: {each})"
+
+        return [
+            rates("(a)  bare executemany INSERT OR IGNORE", self.bare),
+            rates("(b)  BatchWriter + SqliteStore", self.ours),
+            f"   ratio (b)/(a) {self.ratio:.2f}  (target >= {WRITER_TARGET}: "
+            f"{'met' if self.met else 'MISSED'})",
+            "   caveat: the store also maintains `latest` and the 1m and 1h rollups in the same",
+            "   transaction (4 tables written per reading); the baseline (a) inserts raw rows only",
+            rates("(a2) bare executemany of the store's 4 writes", self.same_work),
+            f"   ratio (b)/(a2) {max(self.ours) / max(self.same_work):.2f}  (same work, no target)",
+        ]
+
+
+def writer_comparison(shape: Shape, directory: Path, count: int, batch_size: int) -> WriterResult:
+    """(a), (a2) and (b) twice each, in the order a a2 b b a2 a so that a drift in the machine's
+    load (it is shared) hits each alike; the best run of each counts."""
+    count = min(count, shape.total)
+    print(
+        f"\n1. Writer throughput (SQLite): the first {count:,} readings, batches of "
+        f"{batch_size}, each run into a fresh file",
+        flush=True,
+    )
+    subset = list(itertools.islice(rows(shape), count))
+    records = readings(subset)
+    expected = len({(r[0], r[1], r[2]) for r in subset})
+    runs: dict[str, list[float]] = {"a": [], "a2": [], "b": []}
+    for run in ("a", "a2", "b", "b", "a2", "a"):
+        path = directory / f"writer-{run}.db"
+        if run == "b":
+            rate = asyncio.run(writer_rate(path, records, shape.metrics, batch_size))
+        else:
+            write = _bare_batch if run == "a" else _same_work_batch
+            rate = bare_rate(path, subset, batch_size, write)
+        runs[run].append(rate)
+        print(f"   ({run}) {rate:,.0f} rows/s", flush=True)
+        stored = count_readings(path)
+        if stored != expected:
+            raise SystemExit(f"({run}): {stored:,} readings stored, expected {expected:,}")
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    result = WriterResult(count, batch_size, runs["a"], runs["a2"], runs["b"])
+    print("\n".join(result.lines()), flush=True)
+    return result
+
+
+# --- 2. loading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    rows: int = 0
+    seconds: float = 0.0
+    wall: float = 0.0
+    size: int = 0
+    size_detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+async def load(store: TimeSeriesStore, shape: Shape, batch_size: int, label: str) -> Load:
+    """Write every reading through ``store.write``; time only the writes. Prints the rate of
+    each tenth of the load, to show it slow down as the indexes grow."""
+    result = Load()
+    started = time.perf_counter()
+    tenth = max(shape.total // 10, 1)
+    mark_rows, mark_seconds = 0, 0.0
+    for batch in chunks(rows(shape), batch_size):
+        records = readings(batch)
+        before = time.perf_counter()
+        await store.write(records)
+        result.seconds += time.perf_counter() - before
+        result.rows += len(records)
+        if result.rows - mark_rows >= tenth or result.rows == shape.total:
+            rate = (result.rows - mark_rows) / (result.seconds - mark_seconds)
+            print(
+                f"   {label}: {result.rows:>11,} rows, {result.seconds:7.1f}s in write; "
+                f"last {result.rows - mark_rows:,} at {rate:,.0f} rows/s",
+                flush=True,
+            )
+            mark_rows, mark_seconds = result.rows, result.seconds
+    result.wall = time.perf_counter() - started
+    return result
+
+
+def sqlite_size(path: Path) -> tuple[int, str]:
+    """The file and its WAL after a checkpoint, and the biggest tables in it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        tables = conn.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 4"
+        ).fetchall()
+    finally:
+        conn.close()
+    wal = path.with_name(path.name + "-wal")
+    file_size = path.stat().st_size
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    detail = f"file {_mb(file_size)} + WAL {_mb(wal_size)}; " + ", ".join(
+        f"{name} {_mb(size)}" for name, size in tables
+    )
+    return file_size + wal_size, detail
+
+
+async def postgres_size(conn: asyncpg.Connection, schema: str, hypertable: bool) -> tuple[int, str]:
+    tables = await conn.fetch(
+        "SELECT c.relname, pg_total_relation_size(c.oid) AS size FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY size DESC",
+        schema,
+    )
+    sizes = {row[0]: int(row[1]) for row in tables}
+    if hypertable:  # its chunks live in TimescaleDB's own schema
+        sizes["readings"] = int(
+            await conn.fetchval("SELECT hypertable_size($1::regclass)", f'"{schema}".readings')
+        )
+    total = sum(sizes.values())
+    biggest = sorted(sizes.items(), key=lambda item: -item[1])[:4]
+    database = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+    detail = ", ".join(f"{name} {_mb(size)}" for name, size in biggest)
+    return total, f"{detail} (tables with their indexes; whole database {_mb(database)})"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB" if size < 2**30 else f"{size / 2**30:,.2f} GB"
+
+
+# --- 3. queries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    label: str
+    target_ms: float
+    run: Callable[[TimeSeriesStore], Awaitable[tuple[float, ...]]]
+    """The query, and a summary of its answer to compare across backends."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p95_ms: float
+    answer: tuple[float, ...]
+
+
+def queries(shape: Shape) -> list[Query]:
+    ids = shape.device_ids()
+    metrics = shape.metric_names()
+    gauge, counter = metrics[2], metrics[0]
+    dense, sparse = ids[0], ids[min(1, len(ids) - 1)]
+    day, month = END - timedelta(days=1), END - timedelta(days=30)
+    series = len(ids) * len(metrics)
+
+    async def latest_all(store: TimeSeriesStore) -> tuple[float, ...]:
+        values = await store.latest()
+        return len(values), sum(v.value for v in values), max(v.ts.timestamp() for v in values)
+
+    async def latest_ids(store: TimeSeriesStore) -> tuple[float, ...]:
+        values = await store.latest(ids)
+        return len(values), sum(v.value for v in values), max(v.ts.timestamp() for v in values)
+
+    def history(device: str) -> Callable[[TimeSeriesStore], Awaitable[tuple[float, ...]]]:
+        async def run(store: TimeSeriesStore) -> tuple[float, ...]:
+            buckets = await store.history(
+                device, gauge, start=day, end=END, step_seconds=60, aggregate="mean"
+            )
+            return len(buckets), sum(b.value for b in buckets)
+
+        return run
+
+    def usage(device: str) -> Callable[[TimeSeriesStore], Awaitable[tuple[float, ...]]]:
+        async def run(store: TimeSeriesStore) -> tuple[float, ...]:
+            return (await store.usage(device, counter, start=month, end=END),)
+
+        return run
+
+    dense_rows = shape.per_series + shape.dense_count
+    found: list[Query] = [
+        Query(f"latest, all {series:,} series: latest()", LATEST_MS, latest_all),
+        Query(f"latest, the {len(ids):,} device ids listed", LATEST_MS, latest_ids),
+    ]
+    if shape.dense:
+        found.append(Query(f"history 24 h @60 s mean, {dense} (dense)", HISTORY_MS, history(dense)))
+    found.append(Query(f"history 24 h @60 s mean, {sparse}", HISTORY_MS, history(sparse)))
+    if shape.dense:
+        found.append(
+            Query(f"usage 30 d, {dense} ({dense_rows:,} readings)", USAGE_MS, usage(dense))
+        )
+    found.append(
+        Query(f"usage 30 d, {sparse} ({shape.per_series:,} readings)", USAGE_MS, usage(sparse))
+    )
+    return found
+
+
+async def measure(store: TimeSeriesStore, query: Query, warmups: int, repeats: int) -> Timing:
+    for _ in range(warmups):
+        await query.run(store)
+    times: list[float] = []
+    answer: tuple[float, ...] = ()
+    for _ in range(repeats):
+        started = time.perf_counter()
+        answer = await query.run(store)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
+    return Timing(statistics.median(times), p95, answer)
+
+
+async def run_queries(
+    store: TimeSeriesStore, shape: Shape, args: argparse.Namespace, label: str
+) -> list[Timing]:
+    timings = []
+    for query in queries(shape):
+        timing = await measure(store, query, args.warmups, args.repeats)
+        print(
+            f"   {label}: {query.label:<44} median {timing.median_ms:7.2f} ms  "
+            f"p95 {timing.p95_ms:7.2f} ms",
+            flush=True,
+        )
+        timings.append(timing)
+    return timings
+
+
+# --- the backends -------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    load: Load
+    timings: list[Timing]
+
+
+async def sqlite_backend(shape: Shape, directory: Path, args: argparse.Namespace) -> Outcome:
+    path = directory / "store.db"
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    print(f"\n2. SQLite {sqlite3.sqlite_version}: loading {shape.total:,} readings into {path}")
+    async with SqliteStore(path) as store:
+        result = await load(store, shape, args.load_batch, "SQLite")
+    result.size, result.size_detail = sqlite_size(path)
+    stored = count_readings(path)
+    result.notes.append(f"{stored:,} readings stored")
+    print(f"   size: {_mb(result.size)} ({result.size_detail}); {stored:,} readings", flush=True)
+    print("\n3. SQLite queries", flush=True)
+    async with SqliteStore(path) as store:
+        timings = await run_queries(store, shape, args, "SQLite")
+    return Outcome(result, timings)
+
+
+@contextmanager
+def postgres_server() -> Iterator[tuple[str, str]]:
+    """A DSN, and where it came from."""
+    configured = os.environ.get(DSN_VARIABLE)
+    if configured:
+        yield configured, DSN_VARIABLE
+        return
+    with postgres_cluster() as cluster:
+        yield cluster.dsn, "a throwaway cluster (tests.pg: fsync=off, synchronous_commit=off)"
+
+
+async def postgres_backend(dsn: str, shape: Shape, args: argparse.Namespace) -> Outcome:
+    schema = f"bench_store_{os.urandom(3).hex()}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        buffers = await conn.fetchval("SHOW shared_buffers")
+        print(
+            f"\n2. PostgreSQL {version} (shared_buffers {buffers}): loading {shape.total:,} "
+            f"readings into schema {schema}",
+            flush=True,
+        )
+        try:
+            async with PostgresStore(dsn, schema=schema) as store:
+                result = await load(store, shape, args.load_batch, "PostgreSQL")
+                started = time.perf_counter()
+                for table in ("readings", "readings_1m", "readings_1h", "latest"):
+                    await conn.execute(f'VACUUM (ANALYZE) "{schema}".{table}')
+                vacuum = time.perf_counter() - started
+                result.notes.append(f"VACUUM ANALYZE afterwards {vacuum:.1f}s")
+                result.size, result.size_detail = await postgres_size(
+                    conn, schema, store.hypertable
+                )
+                stored = int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".readings'))
+                result.notes.append(f"{stored:,} readings stored")
+                print(
+                    f"   VACUUM ANALYZE {vacuum:.1f}s; size: {_mb(result.size)} "
+                    f"({result.size_detail}); {stored:,} readings",
+                    flush=True,
+                )
+                print("\n3. PostgreSQL queries", flush=True)
+                timings = await run_queries(store, shape, args, "PostgreSQL")
+        finally:
+            if not args.keep_schema:
+                await drop_schema(dsn, schema)
+    finally:
+        await conn.close()
+    return Outcome(result, timings)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def verdict(timing: Timing | None, target: float) -> str:
+    if timing is None:
+        return f"{'-':^25}"
+    mark = "met" if timing.median_ms < target else "MISSED"
+    if mark == "met" and timing.p95_ms >= target:
+        mark = "met*"
+    return f"{timing.median_ms:8.2f} {timing.p95_ms:8.2f}  {mark:<6}"
+
+
+def report(shape: Shape, writer: WriterResult | None, outcomes: dict[str, Outcome]) -> bool:
+    sqlite, postgres = outcomes.get("sqlite"), outcomes.get("postgres")
+    print(
+        f"\n{shape.total:,} readings: {shape.devices:,} devices x {shape.metrics} metrics x "
+        f"{shape.per_series:,} (one every {shape.period_s / 60:.1f} min over 30 days)"
+        + (
+            f" + {shape.dense_count * shape.metrics:,} of dev0000 every {DENSE_STEP_S} s "
+            "over the last 24 h"
+            if shape.dense
+            else ""
+        )
+    )
+    ok = True
+    if writer is not None:
+        print(
+            f"\nWriter throughput (SQLite), the first {writer.rows:,} readings in batches of "
+            f"{writer.batch_size}:"
+        )
+        print("\n".join(writer.lines()))
+        ok = writer.met
+    head = f"{'median':>8} {'p95':>8}  {'':<6}"
+    print(f"\n{'':<46} {'target':>8}   {'SQLite (ms)':^25}   {'PostgreSQL (ms)':^25}")
+    print(f"{'query':<46} {'':>8}   {head}   {head}")
+    for index, query in enumerate(queries(shape)):
+        lite = sqlite.timings[index] if sqlite else None
+        pg = postgres.timings[index] if postgres else None
+        for timing in (lite, pg):
+            ok &= timing is None or timing.median_ms < query.target_ms
+        print(
+            f"{query.label:<46} {'< ' + format(query.target_ms, 'g'):>8}   "
+            f"{verdict(lite, query.target_ms)}   {verdict(pg, query.target_ms)}"
+        )
+    print("(met/MISSED on the median; met* = median met, p95 over the target)")
+    print(f"\n{'':<22} {'SQLite':>34}   {'PostgreSQL':>34}")
+    for label, cell in (
+        ("load (time in write)", _load_cell),
+        ("size on disk", lambda o: _mb(o.load.size)),
+    ):
+        cells = [cell(o) if o else "-" for o in (sqlite, postgres)]
+        print(f"{label:<22} {cells[0]:>34}   {cells[1]:>34}")
+    for name, outcome in outcomes.items():
+        notes = "; ".join(outcome.load.notes)
+        print(f"  {name}: {outcome.load.size_detail}; wall {outcome.load.wall:.0f}s; {notes}")
+    if sqlite and postgres:
+        ok &= compare(shape, sqlite, postgres)
+    return ok
+
+
+def _load_cell(outcome: Outcome) -> str:
+    result = outcome.load
+    return f"{result.seconds:,.0f}s, {result.rows / result.seconds:,.0f} rows/s"
+
+
+def compare(shape: Shape, sqlite: Outcome, postgres: Outcome) -> bool:
+    """The two backends' answers should agree (sums of floats up to rounding)."""
+    differences = [
+        f"{query.label}: SQLite {a.answer}, PostgreSQL {b.answer}"
+        for query, a, b in zip(queries(shape), sqlite.timings, postgres.timings, strict=True)
+        if len(a.answer) != len(b.answer)
+        or not all(
+            math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a.answer, b.answer, strict=True)
+        )
+    ]
+    if differences:
+        print("\nSQLite and PostgreSQL DISAGREE:\n  " + "\n  ".join(differences))
+        return False
+    print("\nSQLite and PostgreSQL gave the same answers to every query.")
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int)
+    parser.add_argument("--metrics", type=int, help="at least 3: two counters and a gauge")
+    parser.add_argument("--per-series", type=int, help="readings per series over 30 days")
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="a small run, for a smoke test")
+    parser.add_argument("--writer-rows", type=int, help="readings in the writer comparison")
+    parser.add_argument("--writer-batch", type=int, default=500, help="BatchWriter's default")
+    parser.add_argument("--load-batch", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--warmups", type=int)
+    parser.add_argument("--dir", type=Path, help="keep the SQLite files here (default: temporary)")
+    parser.add_argument("--keep-schema", action="store_true", help="leave the PostgreSQL schema")
+    args = parser.parse_args()
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.metrics < 3:
+        parser.error("--metrics must be at least 3 (two counters and a gauge)")
+    shape = Shape(args.devices, args.metrics, args.per_series, args.dense)
+    load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(
+        f"{shape.total:,} readings; {os.cpu_count()} CPUs, load average {load_average}",
+        flush=True,
+    )
+    outcomes: dict[str, Outcome] = {}
+    writer: WriterResult | None = None
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as temporary:
+        directory = args.dir or Path(temporary)
+        directory.mkdir(parents=True, exist_ok=True)
+        if args.backend in ("sqlite", "both"):
+            writer = writer_comparison(shape, directory, args.writer_rows, args.writer_batch)
+            outcomes["sqlite"] = asyncio.run(sqlite_backend(shape, directory, args))
+        if args.backend in ("postgres", "both"):
+            with postgres_server() as (dsn, source):
+                print(f"\nPostgreSQL: {source}", flush=True)
+                outcomes["postgres"] = asyncio.run(postgres_backend(dsn, shape, args))
+    return 0 if report(shape, writer, outcomes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
