@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 RETRY_CAP = 30.0  # seconds between attempts to write a batch the store refused, at most
 
-_Item = Record | DeadLetter | OnDurable
+# one entry per put: the records of one message or poll (or one dead letter), and what to call
+# once they are committed
+_Entry = tuple[Sequence[Record | DeadLetter], OnDurable | None, bool]
 
 
 class BatchWriter:
@@ -45,24 +47,20 @@ class BatchWriter:
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_pending)
         self.batches = 0
         self.failed_attempts = 0
 
     async def put(self, records: Sequence[Record], on_durable: OnDurable | None = None) -> None:
-        for record in records:
-            await self._queue.put(record)
-        if on_durable is not None:
-            await self._queue.put(on_durable)
+        # one queue entry per message, not per record: the queue is on the ingest hot path
+        await self._queue.put((records, on_durable, False))
 
     async def dead_letter(self, letter: DeadLetter, on_durable: OnDurable | None = None) -> None:
-        await self._queue.put(letter)
-        if on_durable is not None:
-            await self._queue.put(on_durable)
+        await self._queue.put(((letter,), on_durable, True))
 
     @property
     def depth(self) -> int:
-        """Items waiting to be written."""
+        """Messages (or polls) waiting to be written."""
         return self._queue.qsize()
 
     async def run(self) -> None:
@@ -70,9 +68,11 @@ class BatchWriter:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                batch = [await self._queue.get()]
+                first = await self._queue.get()
+                batch = [first]
+                size = len(first[0])
                 deadline = loop.time() + self._flush_interval
-                while len(batch) < self._batch_size:
+                while size < self._batch_size:
                     if self._queue.empty():
                         timeout = deadline - loop.time()
                         if timeout <= 0:
@@ -81,20 +81,22 @@ class BatchWriter:
                         # cancellation that arrives as the item does
                         try:
                             async with asyncio.timeout(timeout):
-                                batch.append(await self._queue.get())
+                                entry = await self._queue.get()
                         except TimeoutError:
                             break
                     else:
-                        batch.append(self._queue.get_nowait())
+                        entry = self._queue.get_nowait()
+                    batch.append(entry)
+                    size += len(entry[0])
                 await self._flush_until_written(batch)
         except asyncio.CancelledError:
-            rest: list[_Item] = []
+            rest: list[_Entry] = []
             while not self._queue.empty():
                 rest.append(self._queue.get_nowait())
             await asyncio.shield(self._flush(rest))
             raise
 
-    async def _flush_until_written(self, batch: list[_Item]) -> None:
+    async def _flush_until_written(self, batch: list[_Entry]) -> None:
         attempt = 0
         while True:
             try:
@@ -107,12 +109,17 @@ class BatchWriter:
                 log.warning("store refused a batch (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _flush(self, batch: list[_Item]) -> None:
-        letters = [item for item in batch if isinstance(item, DeadLetter)]
-        callbacks = [item for item in batch if callable(item)]
-        records = [
-            item for item in batch if not isinstance(item, DeadLetter) and not callable(item)
-        ]
+    async def _flush(self, batch: list[_Entry]) -> None:
+        records: list[Record] = []
+        letters: list[DeadLetter] = []
+        callbacks: list[OnDurable] = []
+        for items, on_durable, is_letter in batch:
+            if is_letter:
+                letters.extend(items)  # type: ignore[arg-type]
+            else:
+                records.extend(items)  # type: ignore[arg-type]
+            if on_durable is not None:
+                callbacks.append(on_durable)
         if letters:
             await self._store.write_dead_letters(letters)
         if records:
