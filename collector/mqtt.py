@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -360,6 +360,13 @@ class MqttCollector:
     def _client(self, version: Version, *, timeout: float) -> aiomqtt.Client:
         settings = self._settings
         persistent = settings.session_expiry > 0
+        common: dict[str, Any] = {
+            "identifier": settings.client_id,
+            "username": settings.username,
+            "password": settings.password,
+            "tls_params": self._tls(),
+            "timeout": timeout,
+        }
         if version == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = round(settings.session_expiry)
@@ -368,26 +375,18 @@ class MqttCollector:
             client = aiomqtt.Client(
                 self._broker.host,
                 self._broker.port,
-                identifier=settings.client_id,
-                username=settings.username,
-                password=settings.password,
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=not persistent,
                 properties=properties,
-                tls_params=self._tls(),
-                timeout=timeout,
+                **common,
             )
         else:
             client = aiomqtt.Client(
                 self._broker.host,
                 self._broker.port,
-                identifier=settings.client_id,
-                username=settings.username,
-                password=settings.password,
                 protocol=aiomqtt.ProtocolVersion.V311,
                 clean_session=not persistent,
-                tls_params=self._tls(),
-                timeout=timeout,
+                **common,
             )
         # aiomqtt 2.5 does not expose paho's manual acknowledgement. It must be on before the
         # CONNECT: a resumed session's queued messages arrive right after the CONNACK, and paho

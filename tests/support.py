@@ -8,16 +8,20 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from collector.modbus_client import ModbusEndpoint
+from core.clock import AcceleratedClock
 from core.config import SiteConfig, parse_config
 from core.net import free_port
 from equipwatch.cli import sample_config_path
+from simulators.modbus import ModbusSimServer, ModbusUnit
 
 _T = TypeVar("_T")
 
@@ -124,3 +128,38 @@ def mosquitto(directory: Path, *, settings: Mapping[str, object] | None = None) 
         yield broker.url
     finally:
         broker.stop()
+
+
+FROZEN = 1e-9  # speed of a clock whose simulated time stands still during a test
+
+
+@asynccontextmanager
+async def modbus_gateway(
+    units: dict[int, ModbusUnit],
+    *,
+    start: datetime,
+    answering_unit: int = 1,
+    speed: float = FROZEN,
+) -> AsyncIterator[int]:
+    """A simulated gateway hosting ``units`` on a free port, once ``answering_unit`` answers;
+    yields the port. Simulated time starts at ``start`` and, by default, stands still."""
+    port = free_port()
+    server = ModbusSimServer("127.0.0.1", port, units, clock=AcceleratedClock(start, speed))
+    task = asyncio.create_task(server.serve(), name=f"sim[{port}]")
+    endpoint = ModbusEndpoint("127.0.0.1", port, timeout=0.5)
+
+    async def answering() -> bool:
+        try:
+            await endpoint.read("holding", 0, 1, answering_unit)
+        except Exception:
+            return False
+        return True
+
+    try:
+        await wait_for(answering, timeout=10, what=f"the simulated gateway on {port} to answer")
+        endpoint.close()
+        yield port
+    finally:
+        endpoint.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -9,7 +9,7 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ from collector.modbus import (
     plan_requests,
 )
 from collector.modbus_client import ModbusEndpoint
-from core.clock import AcceleratedClock, ManualClock
+from core.clock import ManualClock
 from core.config import Device, ModbusSource, RegisterSpec, SiteConfig
 from core.errors import DeviceRefused, DeviceTimeout
 from core.net import free_port
@@ -40,8 +40,8 @@ from core.registers import DataType
 from simulators.behaviour import Behaviour, Misbehaviour, Window
 from simulators.devices.ups import UpsModel
 from simulators.devices.usage import ClinicHours
-from simulators.modbus import ModbusSimServer, ModbusUnit
-from tests.support import sample_site, wait_for
+from simulators.modbus import ModbusUnit
+from tests.support import FROZEN, modbus_gateway, sample_site, wait_for
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -78,25 +78,9 @@ async def ups_server() -> AsyncIterator[tuple[int, UpsModel]]:
         initial={"run_hours": 18250.5, "line_fail_count": 65534},
     )
     model.inject_fault("REPLACE_BATTERY", None)
-    port = free_port()
-    # speed 1e-9: simulated time stands still, so the model is what the test set up
-    clock = AcceleratedClock(START, 1e-9)
-    server = ModbusSimServer("127.0.0.1", port, {1: ModbusUnit(model)}, clock=clock)
-    task = asyncio.create_task(server.serve())
-    endpoint = ModbusEndpoint("127.0.0.1", port, timeout=0.5)
-
-    async def answering() -> bool:
-        try:
-            await endpoint.read("holding", 0, 1, 1)
-        except Exception:
-            return False
-        return True
-
-    await wait_for(answering, timeout=10, what="the simulated UPS to answer")
-    endpoint.close()
-    yield port, model
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    # simulated time stands still, so the model is what the test set up
+    async with serving({1: ModbusUnit(model)}) as port:
+        yield port, model
 
 
 def test_the_sample_ups_map_is_read_in_one_request_per_table() -> None:
@@ -195,7 +179,6 @@ async def test_a_dead_device_goes_offline_while_a_live_one_keeps_reporting(
 
 # --- helpers for the tests below --------------------------------------------------------
 
-FROZEN = 1e-9  # speed of a clock whose simulated time stands still during a test
 UPS_READINGS = 9  # readings one good poll of the sample UPS yields (no string, no fault bits)
 
 
@@ -210,32 +193,10 @@ def misbehaving(what: Misbehaviour, end: datetime | None = None, code: int = 4) 
     return behaviour
 
 
-@asynccontextmanager
-async def serving(
+def serving(
     units: dict[int, ModbusUnit], *, answering_unit: int = 1, speed: float = FROZEN
-) -> AsyncIterator[int]:
-    """A simulated gateway hosting ``units`` on a free port, once ``answering_unit`` answers;
-    yields the port."""
-    port = free_port()
-    server = ModbusSimServer("127.0.0.1", port, units, clock=AcceleratedClock(START, speed))
-    task = asyncio.create_task(server.serve(), name=f"sim[{port}]")
-    endpoint = ModbusEndpoint("127.0.0.1", port, timeout=0.5)
-
-    async def answering() -> bool:
-        try:
-            await endpoint.read("holding", 0, 1, answering_unit)
-        except Exception:
-            return False
-        return True
-
-    try:
-        await wait_for(answering, timeout=10, what=f"the simulated gateway on {port} to answer")
-        endpoint.close()
-        yield port
-    finally:
-        endpoint.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+) -> AbstractAsyncContextManager[int]:
+    return modbus_gateway(units, start=START, answering_unit=answering_unit, speed=speed)
 
 
 def readings_of(sink: ListSink, device_id: str) -> int:

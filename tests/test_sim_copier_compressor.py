@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 import pytest
-from pymodbus.client import ModbusTcpClient
 
 from core.records import MetricKind
 from core.registers import DataType, Order
@@ -26,6 +24,7 @@ from simulators.devices.copier import CARTRIDGE_PAGES, CopierModel
 from simulators.devices.registermap import TABLES, encode_tables, table_sizes
 from simulators.devices.usage import ClinicHours
 from tests.model_trace import steps, trace
+from tests.pymodbus_decode import decoded_by_pymodbus
 
 LONDON = ZoneInfo("Europe/London")
 HOURS = ClinicHours(LONDON)
@@ -429,33 +428,9 @@ def test_compressor_counters_wrap_at_32_bits() -> None:
 
 # --- compressor: the register map --------------------------------------------------------
 
-DECODE_AS = {t: ModbusTcpClient.DATATYPE[t.name] for t in DataType if t is not DataType.BIT}
-
-
-def _decoded_by_pymodbus(tables: dict[str, list[int]]) -> dict[str, int | float | str]:
-    """Every register of the map as pymodbus decodes it: raw (unscaled) register values."""
-    decoded: dict[str, int | float | str] = {}
-    for register in REGISTER_MAP:
-        words = tables[register.table][register.address : register.address + register.registers]
-        if register.type is DataType.BIT:
-            assert len(words) == 1
-            decoded[register.name] = words[0]
-            continue
-        # pymodbus has a word order but no byte order: the map must not need one
-        assert register.byte_order is Order.BIG
-        word_order: Literal["big", "little"] = (
-            "little" if register.word_order is Order.LITTLE else "big"
-        )
-        value = ModbusTcpClient.convert_from_registers(
-            words, DECODE_AS[register.type], word_order=word_order
-        )
-        assert isinstance(value, int | float | str)
-        decoded[register.name] = value
-    return decoded
-
 
 def _round_trip(model: CompressorModel, values: dict[str, Value]) -> None:
-    decoded = _decoded_by_pymodbus(encode_tables(REGISTER_MAP, values))
+    decoded = decoded_by_pymodbus(REGISTER_MAP, encode_tables(REGISTER_MAP, values))
     assert set(decoded) == set(values)
     for register in REGISTER_MAP:
         value, raw = values[register.name], decoded[register.name]
@@ -492,7 +467,7 @@ def test_compressor_int16_registers_are_signed() -> None:
     model = _compressor()
     model.advance(_at(MONDAY, 9))
     values = model.values() | {"ambient_temp_c": -4.5}
-    decoded = _decoded_by_pymodbus(encode_tables(REGISTER_MAP, values))
+    decoded = decoded_by_pymodbus(REGISTER_MAP, encode_tables(REGISTER_MAP, values))
     assert decoded["ambient_temp_c"] == -45
 
 

@@ -20,19 +20,17 @@ from collector.modbus_client import ModbusEndpoint
 from core.clock import AcceleratedClock
 from core.config import ModbusSource, MqttSource, SiteConfig
 from core.errors import DeviceRefused, DeviceTimeout
-from core.net import free_port
 from simulators.behaviour import Window
 from simulators.devices.compressor import CompressorModel
 from simulators.devices.ups import UpsModel
 from simulators.devices.usage import ClinicHours
 from simulators.fleet import FleetSpec, SimulatedFleet, generate_site
-from simulators.modbus import ModbusSimServer, ModbusUnit
+from simulators.modbus import ModbusUnit
 from simulators.scenario import ScenarioRunner, load_scenario
-from tests.support import require_binary, wait_for
+from tests.support import modbus_gateway, require_binary, wait_for
 
 LONDON = ZoneInfo("Europe/London")
 TUESDAY_10 = datetime(2026, 11, 24, 10, 0, tzinfo=LONDON)  # clinic open: the compressor runs
-FROZEN = 1e-9  # speed of a clock whose simulated time stands still during a test
 
 
 # --- mbpoll reads the documented register maps -------------------------------------------
@@ -52,25 +50,9 @@ async def gateway() -> AsyncIterator[Gateway]:
     ups = UpsModel(seed=3, start=TUESDAY_10, hours=hours)
     ups.inject_fault("REPLACE_BATTERY", None)
     compressor = CompressorModel(seed=3, start=TUESDAY_10, hours=hours)
-    port = free_port()
-    clock = AcceleratedClock(TUESDAY_10, FROZEN)
     units = {1: ModbusUnit(ups), 2: ModbusUnit(compressor)}
-    server = ModbusSimServer("127.0.0.1", port, units, clock=clock)
-    task = asyncio.create_task(server.serve())
-    endpoint = ModbusEndpoint("127.0.0.1", port, timeout=0.5)
-
-    async def answering() -> bool:
-        try:
-            await endpoint.read("holding", 0, 1, 1)
-        except Exception:
-            return False
-        return True
-
-    await wait_for(answering, timeout=10, what="the simulated gateway to answer")
-    endpoint.close()
-    yield Gateway(port, ups, compressor)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with modbus_gateway(units, start=TUESDAY_10) as port:
+        yield Gateway(port, ups, compressor)
 
 
 async def mbpoll(

@@ -6,11 +6,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 import pytest
-from pymodbus.client import ModbusTcpClient
 
 from core.records import MetricKind
 from core.registers import DataType, Order
@@ -25,6 +23,7 @@ from simulators.devices.ups import (
 )
 from simulators.devices.usage import ClinicHours
 from tests.model_trace import steps, trace
+from tests.pymodbus_decode import decoded_by_pymodbus
 
 LONDON = ZoneInfo("Europe/London")
 HOURS = ClinicHours(LONDON)
@@ -507,31 +506,6 @@ def test_ups_markdown_table_lists_every_register() -> None:
 
 # --- UPS: the register map through pymodbus ----------------------------------------------
 
-DECODE_AS = {t: ModbusTcpClient.DATATYPE[t.name] for t in DataType if t is not DataType.BIT}
-
-
-def _decoded_by_pymodbus(tables: dict[str, list[int]]) -> dict[str, int | float | str]:
-    """Every register of the map as pymodbus decodes it: raw (unscaled) register values."""
-    decoded: dict[str, int | float | str] = {}
-    for register in REGISTER_MAP:
-        words = tables[register.table][register.address : register.address + register.registers]
-        if register.type is DataType.BIT:
-            assert len(words) == 1
-            assert words[0] in (0, 1)
-            decoded[register.name] = words[0]
-            continue
-        # pymodbus has a word order but no byte order: the map must not need one
-        assert register.byte_order is Order.BIG
-        word_order: Literal["big", "little"] = (
-            "little" if register.word_order is Order.LITTLE else "big"
-        )
-        value = ModbusTcpClient.convert_from_registers(
-            words, DECODE_AS[register.type], word_order=word_order
-        )
-        assert isinstance(value, int | float | str)
-        decoded[register.name] = value
-    return decoded
-
 
 def _float32(value: float) -> float:
     result: float = struct.unpack(">f", struct.pack(">f", value))[0]
@@ -539,7 +513,7 @@ def _float32(value: float) -> float:
 
 
 def _round_trip(model: UpsModel, values: dict[str, Value]) -> None:
-    decoded = _decoded_by_pymodbus(encode_tables(REGISTER_MAP, values))
+    decoded = decoded_by_pymodbus(REGISTER_MAP, encode_tables(REGISTER_MAP, values))
     assert set(decoded) == set(values)
     for register in REGISTER_MAP:
         value, raw = values[register.name], decoded[register.name]

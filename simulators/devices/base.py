@@ -15,7 +15,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from core.config import RegisterSpec
@@ -172,7 +172,3 @@ class DeviceModel(ABC):
 
     def _add(self, name: str, amount: int) -> None:
         self._counters[name] += amount
-
-
-def hours_between(start: datetime, end: datetime) -> float:
-    return (end - start) / timedelta(hours=1)
