@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from api.problems import install_problem_handlers
 from api.routes import alarms, devices, maintenance
@@ -10,13 +14,19 @@ from core.clock import Clock
 from core.config import SiteConfig
 from core.store import SqliteStore
 
-__all__ = ["create_app"]
+__all__ = ["Readiness", "create_app"]
+
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+"""Whether the service can do its job, and the checks behind the answer, for /readyz."""
 
 API_PREFIX = "/api/v1"
 
 
-def create_app(*, site: SiteConfig, store: SqliteStore, clock: Clock) -> FastAPI:
-    """An app that reads ``store``; the caller owns the store's lifetime."""
+def create_app(
+    *, site: SiteConfig, store: SqliteStore, clock: Clock, readiness: Readiness | None = None
+) -> FastAPI:
+    """An app that reads ``store``; the caller owns the store's lifetime. ``readiness`` backs
+    /readyz; without one the app is ready whenever it answers."""
     app = FastAPI(
         title="equipwatch",
         summary="Equipment health and preventive maintenance for a medical practice",
@@ -32,5 +42,16 @@ def create_app(*, site: SiteConfig, store: SqliteStore, clock: Clock) -> FastAPI
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The store, the broker and the outbox are in working order",
+        responses={503: {"description": "Not ready; the body says which check failed"}},
+    )
+    async def readyz() -> JSONResponse:
+        ready, checks = (True, {}) if readiness is None else await readiness()
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     return app

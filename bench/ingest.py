@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 
 from collector.base import OnDurable
 from collector.mqtt import MqttCollector
-from collector.writer import BatchWriter
+from collector.writer import BatchWriter, StoreTarget
 from core.clock import SystemClock
 from core.config import Device, MqttSettings, MqttSource, PayloadField, StoreSettings
 from core.records import DeadLetter, Reading, Record
@@ -225,7 +225,7 @@ async def equipwatch_rate(
     store_settings = StoreSettings()
     async with SqliteStore(tmp / f"bench-qos{qos}.sqlite") as store:
         writer = BatchWriter(
-            store,
+            StoreTarget(store),
             batch_size=args.batch_size or store_settings.batch_size,
             flush_interval=store_settings.flush_interval,
         )

@@ -54,7 +54,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from collector.writer import BatchWriter
+from collector.writer import BatchWriter, StoreTarget
 from core.records import Quality, Reading
 from core.store import PostgresStore, SqliteStore
 from core.store.timeseries import TimeSeriesStore
@@ -302,7 +302,7 @@ async def writer_rate(
     """Readings per second through BatchWriter + SqliteStore, from the first put to the commit
     of the last batch; fed a poll at a time, as a collector puts them."""
     async with SqliteStore(path) as store:
-        writer = BatchWriter(store, batch_size=batch_size)
+        writer = BatchWriter(StoreTarget(store), batch_size=batch_size)
         task = asyncio.create_task(writer.run(), name="bench.writer")
         done = asyncio.Event()
         started = time.perf_counter()

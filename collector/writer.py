@@ -1,4 +1,5 @@
-"""Batches records from every source into few, large store transactions."""
+"""Batches records from every source into few, large transactions on a ``BatchTarget``: the
+store itself, or the outbox in front of a store or sink that can be unreachable."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
+from typing import Protocol
 
 from collector.base import OnDurable
 from core.errors import StoreError
 from core.records import DeadLetter, Record
-from core.store import SqliteStore
+from core.store.outbox import Outbox
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchTarget", "BatchWriter", "OutboxTarget", "StoreTarget"]
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,45 @@ RETRY_CAP = 30.0  # seconds between attempts to write a batch the store refused,
 _Entry = tuple[Sequence[Record | DeadLetter], OnDurable | None, bool]
 
 
+class BatchTarget(Protocol):
+    async def write_batch(self, records: Sequence[Record], letters: Sequence[DeadLetter]) -> None:
+        """Return once both are durable; raise ``StoreError`` to have the batch retried."""
+        ...
+
+
+class _RecordStore(Protocol):
+    async def write(self, records: Sequence[Record]) -> None: ...
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+class StoreTarget:
+    """Straight into the store: for the embedded SQLite file, which is as durable as an
+    outbox beside it would be and is never "unreachable"."""
+
+    def __init__(self, store: _RecordStore) -> None:
+        self._store = store
+
+    async def write_batch(self, records: Sequence[Record], letters: Sequence[DeadLetter]) -> None:
+        if letters:
+            await self._store.write_dead_letters(letters)
+        if records:
+            await self._store.write(records)
+
+
+class OutboxTarget:
+    """Into the outbox, whose consumers hand the records on to the store and the sinks."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    async def write_batch(self, records: Sequence[Record], letters: Sequence[DeadLetter]) -> None:
+        if records or letters:
+            await self._outbox.append([*records, *letters])
+
+
 class BatchWriter:
-    """A bounded queue in front of the store, drained by one task in batches.
+    """A bounded queue in front of the target, drained by one task in batches.
 
     A batch is written when ``batch_size`` items are waiting or ``flush_interval`` seconds
     after its first item arrived, whichever comes first. ``put`` waits while the queue is
@@ -32,19 +71,19 @@ class BatchWriter:
 
     A source that must know when its records are safe (an MQTT message is acknowledged to the
     broker only then) passes ``on_durable``: it is called, in order, once the transaction that
-    holds those records has committed. A batch the store refuses is retried with backoff, never
+    holds those records has committed. A batch the target refuses is retried with backoff, never
     dropped, and its callbacks wait with it.
     """
 
     def __init__(
         self,
-        store: SqliteStore,
+        target: BatchTarget,
         *,
         batch_size: int = 500,
         flush_interval: float = 0.2,
         max_pending: int = 50_000,
     ) -> None:
-        self._store = store
+        self._target = target
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_pending)
@@ -106,7 +145,7 @@ class BatchWriter:
                 self.failed_attempts += 1
                 delay = random.uniform(0, min(RETRY_CAP, 1.5**attempt))
                 attempt += 1
-                log.warning("store refused a batch (%s); retrying in %.1fs", exc, delay)
+                log.warning("store or outbox refused a batch (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
     async def _flush(self, batch: list[_Entry]) -> None:
@@ -120,10 +159,7 @@ class BatchWriter:
                 records.extend(items)  # type: ignore[arg-type]
             if on_durable is not None:
                 callbacks.append(on_durable)
-        if letters:
-            await self._store.write_dead_letters(letters)
-        if records:
-            await self._store.write(records)
+        await self._target.write_batch(records, letters)
         self.batches += 1
         for callback in callbacks:
             callback()

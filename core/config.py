@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, ConfigIssue
+from core.notify_config import NotificationSettings
 from core.records import MetricKind
 from core.registers import DataType, Order, register_count
 
@@ -33,14 +34,19 @@ __all__ = [
     "DEVICE_KINDS",
     "CalendarPlan",
     "Device",
+    "InfluxSettings",
     "ModbusSource",
     "MqttSettings",
     "MqttSource",
+    "OutboxSettings",
     "PayloadField",
     "Plan",
+    "PostgresSettings",
     "RegisterSpec",
     "ReportPolicy",
+    "RetentionSettings",
     "SiteConfig",
+    "StoreSettings",
     "TlsSettings",
     "TopicTemplate",
     "UsagePlan",
@@ -432,10 +438,82 @@ class MqttSettings(_Model):
         return self
 
 
+class PostgresSettings(_Model):
+    """A PostgreSQL server for the readings (and, through SQLAlchemy, the records)."""
+
+    dsn: str = Field(description="postgresql://user@host:port/database, without a password")
+    password_env: str | None = Field(
+        default=None, description="environment variable that holds the password, if any"
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _is_postgres(cls, dsn: str) -> str:
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("dsn must start with postgresql://")
+        if re.match(r"^postgres(?:ql)?://[^/@]*:[^/@]*@", dsn):
+            raise ValueError("put the password in the variable named by password_env, not here")
+        return dsn
+
+
+class OutboxSettings(_Model):
+    """The on-disk queue between the collectors and a store or sink that can be unreachable."""
+
+    path: Path = Path("equipwatch-data/outbox.sqlite")
+    max_records: int = Field(default=1_000_000, ge=1)
+    max_age: Seconds = 7 * 86400.0
+
+
+class RetentionSettings(_Model):
+    """Days each resolution is kept; coarser data at least as long as finer."""
+
+    raw_days: int = Field(default=90, gt=0)
+    minute_days: int = Field(default=365, gt=0)
+    hour_days: int = Field(default=730, gt=0)
+    every: Seconds = 3600.0
+
+    @model_validator(mode="after")
+    def _coarser_lives_longer(self) -> RetentionSettings:
+        if not self.raw_days <= self.minute_days <= self.hour_days:
+            raise ValueError("retention needs raw_days <= minute_days <= hour_days")
+        return self
+
+
 class StoreSettings(_Model):
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: Path = Path("equipwatch-data/equipwatch.sqlite")
+    postgresql: PostgresSettings | None = None
     batch_size: int = Field(default=500, ge=1)
     flush_interval: Seconds = 0.2
+    outbox: OutboxSettings = OutboxSettings()
+    retention: RetentionSettings = RetentionSettings()
+
+    @model_validator(mode="after")
+    def _backend_is_configured(self) -> StoreSettings:
+        if self.backend == "postgresql" and self.postgresql is None:
+            raise ValueError("backend postgresql needs a postgresql section with its dsn")
+        return self
+
+
+class InfluxSettings(_Model):
+    """A server that speaks the InfluxDB v2 write API (InfluxDB 2/3, Cloud, VictoriaMetrics)."""
+
+    url: str
+    org: str = ""
+    bucket: str
+    token_env: str | None = Field(
+        default=None, description="environment variable that holds the API token, if any"
+    )
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval: NonNegativeSeconds = 1.0
+    timeout: Seconds = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _is_http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return url.rstrip("/")
 
 
 class ApiSettings(_Model):
@@ -460,9 +538,11 @@ class SiteConfig(_Model):
     site: SiteInfo = SiteInfo()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
+    influx: InfluxSettings | None = None
     api: ApiSettings = ApiSettings()
     rules: RulesSettings = RulesSettings()
     simulation: SimulationSettings = SimulationSettings()
+    notifications: NotificationSettings = NotificationSettings()
     devices: list[Device] = Field(min_length=1)
 
     def device(self, device_id: str) -> Device | None:

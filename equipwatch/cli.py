@@ -21,6 +21,7 @@ from core.store import SqliteStore
 from equipwatch.broker import embedded_broker
 from equipwatch.export import export_csv, parse_moment
 from equipwatch.runtime import Service, bind_api_socket, run_until
+from equipwatch.storage import open_storage
 from simulators.fleet import (
     SimulatedFleet,
     default_start,
@@ -71,12 +72,19 @@ async def _demo(args: argparse.Namespace) -> int:
         sim_clock = AcceleratedClock(sim_start, speed)
         fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=sim_clock)
         data_dir: Path = args.data_dir
-        store = await stack.enter_async_context(SqliteStore(data_dir / "equipwatch.sqlite"))
+        storage = await stack.enter_async_context(
+            open_storage(
+                site,
+                clock=SystemClock(),
+                sqlite_path=data_dir / "equipwatch.sqlite",
+                outbox_path=data_dir / "outbox.sqlite",
+            )
+        )
         port = site.api.port if args.port is None else args.port  # 0 asks for a free port
         api_socket = bind_api_socket(site.api.host, port, fall_back=True)
         host, port = api_socket.getsockname()[:2]
         service = Service(
-            site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
+            site, storage, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
         )
         url = f"http://{host}:{port}"
         print(
@@ -168,11 +176,10 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return 2
     stop = _stop_event()
-    async with SqliteStore(site.store.path) as store:
+    clock = SystemClock()
+    async with open_storage(site, clock=clock) as storage:
         api_socket = bind_api_socket(site.api.host, site.api.port, fall_back=False)
-        service = Service(
-            site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
-        )
+        service = Service(site, storage, clock=clock, mqtt_url=mqtt_url, api_socket=api_socket)
         host, port = api_socket.getsockname()[:2]
         log.info("serving the API on http://%s:%d", host, port)
         await run_until(stop, service.tasks())

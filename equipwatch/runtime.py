@@ -21,6 +21,7 @@ from collector.writer import BatchWriter
 from core.clock import Clock
 from core.config import ModbusSource, MqttSource, SiteConfig
 from core.store import SqliteStore
+from equipwatch.storage import Storage
 from rules.engine import RulesEngine
 
 __all__ = ["Service", "bind_api_socket", "run_until"]
@@ -65,18 +66,24 @@ class Service:
     def __init__(
         self,
         site: SiteConfig,
-        store: SqliteStore,
+        storage: Storage,
         *,
         clock: Clock,
         mqtt_url: str | None,
         api_socket: socket.socket | None,
     ) -> None:
+        store = storage.store
+        if not isinstance(store, SqliteStore):
+            raise NotImplementedError("the rules and the API read the SQLite store for now")
         self.site = site
+        self.storage = storage
         self.store = store
         self.clock = clock
         self.stats = CollectorStats()
         self.writer = BatchWriter(
-            store, batch_size=site.store.batch_size, flush_interval=site.store.flush_interval
+            storage.target,
+            batch_size=site.store.batch_size,
+            flush_interval=site.store.flush_interval,
         )
         # every source writes through the metrics' report policies (deadband, heartbeat)
         self.report = ReportFilter(site.devices, self.writer)
@@ -103,12 +110,21 @@ class Service:
         self._api_socket = api_socket
         self._api: _ApiServer | None = None
         if api_socket is not None:
-            app = create_app(site=site, store=store, clock=clock)
+            app = create_app(site=site, store=store, clock=clock, readiness=self.readiness)
             self._api = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready, checks = await self.storage.checks()
+        if self.mqtt is not None:
+            connected = self.mqtt.connected.is_set()
+            checks["broker"] = {"ok": connected}
+            ready = ready and connected
+        return ready, checks
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("writer", self.writer.run()),
+            *self.storage.tasks(self.site, self.clock),
             ("rules", self.rules.run(self.site.rules.tick)),
         ]
         if self.mqtt is not None:

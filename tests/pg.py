@@ -93,6 +93,23 @@ class Cluster:
             self.running = False
             _run([*self.prefix, self.pg_ctl, "-D", str(self.data), "stop", "-m", "fast", "-w"])
 
+    def start(self) -> None:
+        """Start a stopped cluster again on its port (pg_ctl reuses the last options)."""
+        if not self.running:
+            _run(
+                [
+                    *self.prefix,
+                    self.pg_ctl,
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "restart",
+                ]
+            )
+            self.running = True
+
 
 def _run(command: list[str], cwd: Path | None = None) -> None:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -149,3 +150,18 @@ async def test_openapi_documents_the_endpoints(
         "/api/v1/alarms",
     } <= set(paths)
     assert (await http.get("/docs")).status_code == 200
+
+
+async def test_readyz_answers_503_with_the_failed_check(store: SqliteStore) -> None:
+    checks = {"store": {"ok": False, "error": "connection refused"}}
+
+    async def not_ready() -> tuple[bool, dict[str, Any]]:
+        return False, checks
+
+    app = create_app(site=sample_site(), store=store, clock=ManualClock(NOW), readiness=not_ready)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "checks": checks}

@@ -18,10 +18,12 @@ import aiomqtt
 import httpx
 import pytest
 
+from collector.writer import StoreTarget
 from core.clock import AcceleratedClock, SystemClock
 from core.config import SiteConfig
 from core.store import SqliteStore
 from equipwatch.runtime import Service, bind_api_socket, run_until
+from equipwatch.storage import Storage
 from simulators.fleet import SimulatedFleet, localize_modbus_endpoints
 from tests.support import sample_site, wait_for
 
@@ -49,7 +51,8 @@ async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIter
     async with SqliteStore(tmp_path / "site.sqlite") as store:
         sock = bind_api_socket("127.0.0.1", 0, fall_back=False)
         port = sock.getsockname()[1]
-        service = Service(site, store, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=sock)
+        storage = Storage(store=store, target=StoreTarget(store))
+        service = Service(site, storage, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=sock)
         runner = asyncio.create_task(run_until(stop, fleet.tasks() + service.tasks()))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             try:

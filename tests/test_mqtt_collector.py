@@ -14,7 +14,7 @@ import pytest
 
 from collector.base import CollectorStats, OnDurable
 from collector.mqtt import PAYLOAD_KEEP, MqttCollector, parse_mqtt_url
-from collector.writer import BatchWriter
+from collector.writer import BatchWriter, StoreTarget
 from core.clock import ManualClock
 from core.config import MqttSettings, SiteConfig, parse_config
 from core.records import DeadLetter, Reading, Record, StatusChange
@@ -141,7 +141,7 @@ async def test_malformed_payloads_are_dead_lettered_and_collection_goes_on(
     config = site(topic_prefix, FRIDGE, templates=TELEMETRY_TEMPLATE)
     stats = CollectorStats()
     async with SqliteStore(tmp_path / "site.sqlite") as store:
-        writer = BatchWriter(store, batch_size=50, flush_interval=0.05)
+        writer = BatchWriter(StoreTarget(store), batch_size=50, flush_interval=0.05)
         collector = MqttCollector(
             config.devices,
             settings=settings(mqtt_url, f"{topic_prefix}-collector", config),

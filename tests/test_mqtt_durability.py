@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.mqtt import MqttCollector, parse_mqtt_url
-from collector.writer import BatchWriter
+from collector.writer import BatchWriter, StoreTarget
 from core.clock import SystemClock
 from core.config import SiteConfig, parse_config
 from core.store import SqliteStore
@@ -155,7 +155,9 @@ async def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     site: SiteConfig = parse_config(site_yaml(broker.url, tmp_path), "site.yaml")
     database = site.store.path
     async with SqliteStore(database) as store:
-        writer = BatchWriter(store, batch_size=site.store.batch_size, flush_interval=0.05)
+        writer = BatchWriter(
+            StoreTarget(store), batch_size=site.store.batch_size, flush_interval=0.05
+        )
         collector = MqttCollector(
             site.devices, settings=site.mqtt, sink=writer, clock=SystemClock()
         )
