@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.problems import install_problem_handlers
 from api.routes import alarms, devices, maintenance
@@ -14,16 +14,26 @@ from core.clock import Clock
 from core.config import SiteConfig
 from core.store import SqliteStore
 
-__all__ = ["Readiness", "create_app"]
+__all__ = ["Metrics", "Readiness", "create_app"]
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 """Whether the service can do its job, and the checks behind the answer, for /readyz."""
+
+Metrics = Callable[[], Awaitable[bytes]]
+"""The Prometheus text exposition of every counter in the process, for /metrics."""
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 API_PREFIX = "/api/v1"
 
 
 def create_app(
-    *, site: SiteConfig, store: SqliteStore, clock: Clock, readiness: Readiness | None = None
+    *,
+    site: SiteConfig,
+    store: SqliteStore,
+    clock: Clock,
+    readiness: Readiness | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """An app that reads ``store``; the caller owns the store's lifetime. ``readiness`` backs
     /readyz; without one the app is ready whenever it answers."""
@@ -53,5 +63,17 @@ def create_app(
         ready, checks = (True, {}) if readiness is None else await readiness()
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    if metrics is not None:
+        scrape = metrics
+
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            summary="Counters in the Prometheus text format",
+            response_class=Response,
+        )
+        async def prometheus_metrics() -> Response:
+            return Response(await scrape(), media_type=PROMETHEUS_TEXT)
 
     return app

@@ -21,6 +21,7 @@ from collector.writer import BatchWriter
 from core.clock import Clock
 from core.config import ModbusSource, MqttSource, SiteConfig
 from core.store import SqliteStore
+from equipwatch.metrics import Snapshot, render
 from equipwatch.storage import Storage
 from rules.engine import RulesEngine
 
@@ -110,7 +111,13 @@ class Service:
         self._api_socket = api_socket
         self._api: _ApiServer | None = None
         if api_socket is not None:
-            app = create_app(site=site, store=store, clock=clock, readiness=self.readiness)
+            app = create_app(
+                site=site,
+                store=store,
+                clock=clock,
+                readiness=self.readiness,
+                metrics=self.metrics_text,
+            )
             self._api = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -120,6 +127,40 @@ class Service:
             checks["broker"] = {"ok": connected}
             ready = ready and connected
         return ready, checks
+
+    async def snapshot(self) -> Snapshot:
+        ready, _ = await self.readiness()
+        snapshot = Snapshot(
+            ready=ready,
+            messages=self.stats.messages,
+            records=self.stats.records,
+            dead_letters=dict(self.stats.dead_letters),
+            writer_queue_depth=self.writer.depth,
+            writer_batches=self.writer.batches,
+            writer_failed_attempts=self.writer.failed_attempts,
+            rules_passes=self.rules.passes,
+        )
+        if self.modbus is not None:
+            snapshot.polls = {"ok": self.stats.polls_ok, **self.stats.polls_failed}
+            snapshot.polls_late = self.modbus.poll_stats.polls_late
+            snapshot.breakers_open = self.modbus.poll_stats.breakers_open
+        if self.mqtt is not None:
+            snapshot.mqtt_connected = self.mqtt.connected.is_set()
+            snapshot.mqtt_unacked = self.mqtt.mqtt_stats.unacked
+        outbox = await self.storage.outbox_stats()
+        if outbox is not None:
+            snapshot.outbox_depth = {n: c.depth for n, c in outbox.consumers.items()}
+            snapshot.outbox_oldest_age = {
+                n: c.oldest_age_seconds or 0.0 for n, c in outbox.consumers.items()
+            }
+            snapshot.outbox_dropped = {"cap": outbox.dropped_by_cap, "age": outbox.dropped_by_age}
+        if self.storage.influx is not None:
+            snapshot.influx_points = self.storage.influx.points_written
+            snapshot.influx_dropped = {str(k): v for k, v in self.storage.influx.dropped.items()}
+        return snapshot
+
+    async def metrics_text(self) -> bytes:
+        return render(await self.snapshot())
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
