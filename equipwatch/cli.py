@@ -16,7 +16,10 @@ from zoneinfo import ZoneInfo
 
 from core.clock import AcceleratedClock, SystemClock
 from core.config import MqttSettings, MqttSource, load_config, parse_duration
-from core.errors import ConfigError
+from core.db import head_revision, prepare, records_url, records_url_for, upgrade
+from core.db.engine import describe
+from core.db.migrate import inspect_database
+from core.errors import ConfigError, SchemaMismatch, StoreError
 from core.store import SqliteStore
 from equipwatch.broker import embedded_broker
 from equipwatch.export import export_csv, parse_moment
@@ -33,7 +36,7 @@ from simulators.fleet import (
 )
 from simulators.scenario import ScenarioRunner, load_scenario
 
-__all__ = ["main"]
+__all__ = ["main", "records_ready"]
 
 log = logging.getLogger("equipwatch")
 
@@ -222,10 +225,59 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+async def records_ready(url: str, config_file: Path | None) -> bool:
+    """The records database check for start-up: one without records is brought to the head
+    at once; one behind or ahead is refused, and why (with the command to run) goes to
+    stderr. False means: do not start."""
+    try:
+        migration = await prepare(url, config_file)
+    except (SchemaMismatch, StoreError) as exc:
+        print(f"equipwatch: {exc}", file=sys.stderr)
+        return False
+    if migration is not None:
+        log.info("records database %s created at revision %s", describe(url), migration.after)
+    return True
+
+
+def _records_location(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The records database a ``db`` command works on, and the config that named it."""
+    if args.url is not None:
+        return records_url(args.url), None
+    return records_url_for(load_config(args.config)), args.config
+
+
+async def _db(args: argparse.Namespace) -> int:
+    try:
+        url, _ = _records_location(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.db_command == "upgrade":
+            migration = await upgrade(url)
+            print(
+                f"records database {describe(url)}: "
+                f"{migration.before or 'empty'} -> {migration.after}"
+            )
+            return 0
+        state = await inspect_database(url)
+    except (SchemaMismatch, StoreError) as exc:
+        print(f"equipwatch: {exc}", file=sys.stderr)
+        return 2
+    what = {
+        "empty": "no records yet",
+        "legacy": f"{state.revision} (the store's record tables, not yet stamped)",
+        "versioned": str(state.revision),
+        "unrecognised": "tables equipwatch did not create",
+    }[state.kind]
+    print(f"records database {describe(url)}: {what}; this equipwatch needs {head_revision()}")
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     site = load_config(args.file)
     mqtt = sum(isinstance(d.source, MqttSource) for d in site.devices)
-    plans = sum(len(d.plans) for d in site.devices)
+    plans = sum(len(site.device_plans(d)) for d in site.devices)
     print(
         f"{args.file}: OK: {len(site.devices)} devices ({mqtt} MQTT, "
         f"{len(site.devices) - mqtt} Modbus), {plans} maintenance plans"
@@ -301,6 +353,17 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run collectors, rules and API against real devices")
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--mqtt-url", help="broker URL (default: the config's mqtt.url)")
+
+    db = commands.add_parser("db", help="the records database: migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    for name, text in (
+        ("upgrade", "apply the migrations up to this version's head"),
+        ("current", "show the revision the records database is at"),
+    ):
+        command = db_commands.add_parser(name, help=text)
+        where = command.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", type=Path, help="the site configuration naming the store")
+        where.add_argument("--url", help="a SQLite file, a postgresql:// DSN or a SQLAlchemy URL")
     return parser
 
 
@@ -318,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_simulate(args))
         if args.command == "export":
             return _export(args)
+        if args.command == "db":
+            return asyncio.run(_db(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"equipwatch: the configuration has {len(exc.issues)} problem(s):", file=sys.stderr)
