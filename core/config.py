@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -22,8 +22,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.errors import ConfigError, ConfigIssue
 from core.notify_config import NotificationSettings
@@ -32,14 +34,21 @@ from core.registers import DataType, Order, register_count
 
 __all__ = [
     "DEVICE_KINDS",
+    "PLAN_TYPES",
     "CalendarPlan",
+    "CalendarSchedule",
+    "ConditionPlan",
     "Device",
+    "FaultPlan",
     "InfluxSettings",
+    "MeterPlan",
+    "MeterSchedule",
     "ModbusSource",
     "MqttSettings",
     "MqttSource",
     "OutboxSettings",
     "PayloadField",
+    "Period",
     "Plan",
     "PostgresSettings",
     "RegisterSpec",
@@ -47,13 +56,16 @@ __all__ = [
     "RetentionSettings",
     "SiteConfig",
     "StoreSettings",
+    "SuppliesPlan",
     "TlsSettings",
     "TopicTemplate",
-    "UsagePlan",
+    "WhicheverFirstPlan",
+    "derived_plan_id",
     "load_config",
     "parse_config",
     "parse_document",
     "parse_duration",
+    "plan_problems",
     "read_text",
 ]
 
@@ -244,31 +256,269 @@ Source = Annotated[MqttSource | ModbusSource, Field(discriminator="protocol")]
 
 # --- maintenance plans ------------------------------------------------------------------
 
+PeriodUnit = Literal["days", "weeks", "months", "years"]
+Severity = Literal["critical", "major", "minor", "warning"]
+Priority = Literal["low", "medium", "high", "urgent"]
 
-class UsagePlan(_Model):
-    """Due every ``every`` units of a counter since the last completed service."""
+_PERIOD = re.compile(r"^\s*(\d+)\s*(day|week|month|year)s?\s*$")
+# average lengths, only to compare periods of different units (a lead against an interval)
+_AVERAGE_DAYS = {"days": 1.0, "weeks": 7.0, "months": 30.436875, "years": 365.2425}
 
+_Loc = tuple[str | int, ...]
+
+
+def _located(title: str, issues: Iterable[tuple[_Loc, str]]) -> ValidationError:
+    """A validation error whose issues sit on the fields they are about (pydantic would put
+    a model validator's ValueError on the whole model), so the file's line is the field's."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(type=PydanticCustomError("plan", message), loc=loc, input=None)
+            for loc, message in issues
+        ],
+    )
+
+
+class Period(_Model):
+    """A stretch of the site's calendar: a whole number of days, weeks, months or years.
+
+    Written ``6 months`` (also ``1 month``, ``2 weeks``, ``180 days``, ``1 year``) or
+    ``{count: 6, unit: months}``; written back as text."""
+
+    count: int = Field(gt=0)
+    unit: PeriodUnit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        match = _PERIOD.match(value)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a period such as 180 days, 2 weeks, 6 months or 1 year"
+            )
+        if int(match.group(1)) == 0:
+            raise ValueError(f"{value!r}: a period is at least 1 {match.group(2)}")
+        return {"count": int(match.group(1)), "unit": match.group(2) + "s"}
+
+    @model_serializer
+    def _as_text(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.unit[:-1] if self.count == 1 else self.unit}"
+
+    @property
+    def average_days(self) -> float:
+        return self.count * _AVERAGE_DAYS[self.unit]
+
+
+class _PlanHeader(_Model):
     id: Identifier
-    name: str
-    type: Literal["usage"]
+    name: str = Field(min_length=1)
+    type: str
+
+
+class CalendarSchedule(_Model):
+    """Due every ``every`` on the site's calendar, at the start of the due day (site time).
+
+    ``fixed`` counts from the schedule's own dates, ``start + every``, ``start + 2 x every``...:
+    a late service does not move them, and dates passed without any service fold into one
+    occurrence. ``floating`` counts from the last completion. ``start`` is the date the
+    schedule counts from (typically the last service before equipwatch); without it, the day
+    the plan is first seen."""
+
+    every: Period
+    mode: Literal["fixed", "floating"] = "fixed"
+    start: date | None = None
+    lead: Period | None = Field(
+        default=None, description="announced as upcoming this long before the due date"
+    )
+    grace: Period | None = Field(
+        default=None,
+        description="overdue this long after the due date; without it, from the next due date",
+    )
+
+    @model_validator(mode="after")
+    def _lead_is_shorter(self) -> Self:
+        if self.lead is not None and self.lead.average_days >= self.every.average_days:
+            raise _located(
+                type(self).__name__,
+                [(("lead",), f"lead {self.lead} is not shorter than every {self.every}")],
+            )
+        return self
+
+
+class MeterSchedule(_Model):
+    """Due every ``every`` units a counter counts since the last completed service; a wrap or
+    a reset of the counter is never negative use. ``first_due`` is the counter value at which
+    the first service falls due (after the last service before equipwatch)."""
+
     metric: Identifier
     every: float = Field(gt=0)
     first_due: float | None = Field(
         default=None, ge=0, description="counter value at which the first service falls due"
     )
+    lead: float | None = Field(
+        default=None, gt=0, description="announced as upcoming this many units before due"
+    )
+    grace: float | None = Field(
+        default=None,
+        gt=0,
+        description="overdue this many units past due; without it, from the next due point",
+    )
+
+    @model_validator(mode="after")
+    def _lead_is_smaller(self) -> Self:
+        if self.lead is not None and self.lead >= self.every:
+            raise _located(
+                type(self).__name__,
+                [(("lead",), f"lead {self.lead:g} is not smaller than every {self.every:g}")],
+            )
+        return self
 
 
-class CalendarPlan(_Model):
-    """Due every ``every_days`` days from ``start`` (or from the day the plan is first seen)."""
+class CalendarPlan(CalendarSchedule, _PlanHeader):
+    """Due every period on the site's calendar; see ``CalendarSchedule``."""
 
-    id: Identifier
-    name: str
     type: Literal["calendar"]
-    every_days: int = Field(gt=0)
-    start: date | None = None
 
 
-Plan = Annotated[UsagePlan | CalendarPlan, Field(discriminator="type")]
+class MeterPlan(MeterSchedule, _PlanHeader):
+    """Due every so many units of a counter; see ``MeterSchedule``."""
+
+    type: Literal["meter"]
+
+
+class WhicheverFirstPlan(_PlanHeader):
+    """Due when its calendar part or its meter part falls due, whichever comes first; one
+    completion serves both."""
+
+    type: Literal["whichever_first"]
+    calendar: CalendarSchedule
+    meter: MeterSchedule
+
+
+class ConditionPlan(_PlanHeader):
+    """A gauge beyond a threshold (``above`` or ``below``) for at least ``for``. It fires once,
+    and fires again only after the value has come back past the threshold by ``hysteresis``."""
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    type: Literal["condition"]
+    metric: Identifier
+    above: float | None = None
+    below: float | None = None
+    duration: NonNegativeSeconds = Field(default=0.0, alias="for")
+    hysteresis: float = Field(default=0.0, ge=0)
+    severity: Severity = "major"
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Self:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("a condition needs exactly one of above or below")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        if self.above is not None:
+            return self.above
+        assert self.below is not None  # exactly one is set, by _one_threshold
+        return self.below
+
+
+class FaultPlan(_PlanHeader):
+    """A fault opens a corrective work order: one ``code``, any of ``codes``, or ``any``
+    fault; with ``count``, only that many within ``within``."""
+
+    type: Literal["fault"]
+    code: str | None = Field(default=None, min_length=1)
+    codes: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    any: bool = Field(default=False, description="every fault code counts")
+    count: int = Field(default=1, ge=1)
+    within: Seconds | None = None
+    priority: Priority = "high"
+
+    @model_validator(mode="after")
+    def _what_counts(self) -> Self:
+        chosen = [self.code is not None, self.codes is not None, self.any]
+        if sum(chosen) != 1:
+            raise ValueError("a fault plan needs exactly one of code, codes or any: true")
+        if self.count > 1 and self.within is None:
+            raise _located(
+                type(self).__name__,
+                [(("count",), f"count {self.count} needs within: the window they fall in")],
+            )
+        if self.count == 1 and self.within is not None:
+            raise _located(
+                type(self).__name__, [(("within",), "within applies only with a count above 1")]
+            )
+        return self
+
+    @property
+    def fault_codes(self) -> frozenset[str] | None:
+        """The codes that count, or None when any code does."""
+        if self.code is not None:
+            return frozenset((self.code,))
+        return frozenset(self.codes) if self.codes is not None else None
+
+
+class SuppliesPlan(_PlanHeader):
+    """A consumable's gauge (toner %, water level) below ``below`` raises one reorder notice;
+    the next needs the gauge back at ``below + hysteresis`` or more (a refill) first."""
+
+    type: Literal["supplies"]
+    metric: Identifier
+    below: float
+    hysteresis: float = Field(default=0.0, ge=0)
+    item: str = Field(min_length=1, description="what to reorder")
+
+
+Plan = Annotated[
+    CalendarPlan | MeterPlan | WhicheverFirstPlan | ConditionPlan | FaultPlan | SuppliesPlan,
+    Field(discriminator="type"),
+]
+PLAN_TYPES = ("calendar", "meter", "whichever_first", "condition", "fault", "supplies")
+
+
+def derived_plan_id(plan_id: str, device_id: str) -> str:
+    """The id a kind's plan (``kind_plans``) takes on one device of that kind."""
+    return f"{plan_id}.{device_id}"
+
+
+def plan_problems(plan: Plan, device: Device) -> Iterator[tuple[_Loc, str]]:
+    """What keeps ``plan`` from working on ``device``: (field within the plan, message)."""
+    metrics = device.metrics
+
+    def needs(metric: str, kind: MetricKind, loc: _Loc) -> Iterator[tuple[_Loc, str]]:
+        if metrics.get(metric) is not kind:
+            names = ", ".join(m for m, k in metrics.items() if k is kind) or "none"
+            yield loc, f"{metric!r} is not a {kind} of device {device.id!r} ({kind}s: {names})"
+
+    if isinstance(plan, MeterPlan):
+        yield from needs(plan.metric, MetricKind.COUNTER, ("metric",))
+    elif isinstance(plan, WhicheverFirstPlan):
+        yield from needs(plan.meter.metric, MetricKind.COUNTER, ("meter", "metric"))
+    elif isinstance(plan, ConditionPlan | SuppliesPlan):
+        yield from needs(plan.metric, MetricKind.GAUGE, ("metric",))
+    elif isinstance(plan, FaultPlan):
+        if MetricKind.FAULT not in metrics.values():
+            yield (), f"device {device.id!r} reports no faults (no field or register of kind fault)"
+        elif isinstance(device.source, ModbusSource) and plan.fault_codes is not None:
+            # a Modbus fault register raises the fault named by its upper-cased name
+            raised = {n.upper() for n, k in metrics.items() if k is MetricKind.FAULT}
+            unknown = sorted(plan.fault_codes - raised)
+            if unknown:
+                yield (
+                    (("code",) if plan.code is not None else ("codes",)),
+                    (
+                        f"device {device.id!r} never raises {', '.join(map(repr, unknown))} "
+                        f"(its fault registers raise: {', '.join(sorted(raised))})"
+                    ),
+                )
 
 
 # --- devices and the site ---------------------------------------------------------------
@@ -317,15 +567,14 @@ class Device(_Model):
         return (self.source.offline_after_failures + 1) * self.source.interval + self.source.timeout
 
     @model_validator(mode="after")
-    def _plans_use_counters(self) -> Device:
-        metrics = self.metrics
-        for plan in self.plans:
-            if isinstance(plan, UsagePlan) and metrics.get(plan.metric) is not MetricKind.COUNTER:
-                counters = [m for m, k in metrics.items() if k is MetricKind.COUNTER]
-                raise ValueError(
-                    f"plan {plan.id!r} counts {plan.metric!r}, which is not a counter of this "
-                    f"device (counters: {', '.join(counters) or 'none'})"
-                )
+    def _plans_fit_device(self) -> Device:
+        issues = [
+            (("plans", index, *loc), message)
+            for index, plan in enumerate(self.plans)
+            for loc, message in plan_problems(plan, self)
+        ]
+        if issues:
+            raise _located("Device", issues)
         return self
 
 
@@ -544,9 +793,61 @@ class SiteConfig(_Model):
     simulation: SimulationSettings = SimulationSettings()
     notifications: NotificationSettings = NotificationSettings()
     devices: list[Device] = Field(min_length=1)
+    kind_plans: dict[str, list[Plan]] = Field(
+        default_factory=dict,
+        description="plans every device of a kind gets, each as <plan id>.<device id>; a "
+        "device's own plan with the same id replaces it for that device",
+    )
 
     def device(self, device_id: str) -> Device | None:
         return next((d for d in self.devices if d.id == device_id), None)
+
+    def device_plans(self, device: Device) -> list[Plan]:
+        """Every plan that applies to ``device``: its own, then those of its kind it does not
+        replace. A kind's plan, and a device's plan replacing one, carry the derived id
+        ``<plan id>.<device id>``, so their state survives adding or removing a replacement."""
+        kind_plans = self.kind_plans.get(device.kind, [])
+        kind_ids = {plan.id for plan in kind_plans}
+        own_ids = {plan.id for plan in device.plans}
+        plans: list[Plan] = [
+            plan.model_copy(update={"id": derived_plan_id(plan.id, device.id)})
+            if plan.id in kind_ids
+            else plan
+            for plan in device.plans
+        ]
+        plans += [
+            plan.model_copy(update={"id": derived_plan_id(plan.id, device.id)})
+            for plan in kind_plans
+            if plan.id not in own_ids
+        ]
+        return plans
+
+    @model_validator(mode="after")
+    def _kind_plans_fit_devices(self) -> SiteConfig:
+        """Each kind's plan must work on every device of the kind that does not replace it;
+        one issue per field, naming the first device it fails on."""
+        issues: list[tuple[_Loc, str]] = []
+        for kind, plans in self.kind_plans.items():
+            if kind not in DEVICE_KINDS:
+                known = ", ".join(DEVICE_KINDS)
+                issues.append(
+                    (("kind_plans", kind), f"unknown device kind {kind!r}; known: {known}")
+                )
+                continue
+            devices = [d for d in self.devices if d.kind == kind]
+            for index, plan in enumerate(plans):
+                found: dict[_Loc, list[str]] = {}
+                for device in devices:
+                    if any(own.id == plan.id for own in device.plans):
+                        continue
+                    for loc, message in plan_problems(plan, device):
+                        found.setdefault(loc, []).append(message)
+                for loc, messages in found.items():
+                    more = f" (and {len(messages) - 1} more device(s))" if len(messages) > 1 else ""
+                    issues.append((("kind_plans", kind, index, *loc), messages[0] + more))
+        if issues:
+            raise _located("SiteConfig", issues)
+        return self
 
 
 def _require_unique(values: list[str], what: str) -> None:
@@ -616,7 +917,6 @@ def _issue(
 def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
     """Checks that span devices; pydantic validates each device on its own."""
     device_ids: dict[str, int] = {}
-    plan_ids: dict[str, tuple[int, int]] = {}
     yield from _mqtt_cross_checks(data)
     for index, device in enumerate(data.get("devices") or []):
         if not isinstance(device, dict):
@@ -631,17 +931,65 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
                 )
             else:
                 device_ids[device_id] = index
-        for plan_index, plan in enumerate(device.get("plans") or []):
-            plan_id = plan.get("id") if isinstance(plan, dict) else None
-            if isinstance(plan_id, str):
-                if plan_id in plan_ids:
-                    where = "devices[{}].plans[{}]".format(*plan_ids[plan_id])
-                    yield (
-                        ("devices", index, "plans", plan_index, "id"),
-                        f"duplicate plan id {plan_id!r} (first at {where})",
-                    )
-                else:
-                    plan_ids[plan_id] = (index, plan_index)
+    yield from _plan_id_checks(data)
+
+
+def _ids_in(plans: object) -> Iterator[tuple[int, str]]:
+    for index, plan in enumerate(plans if isinstance(plans, list) else []):
+        plan_id = plan.get("id") if isinstance(plan, dict) else None
+        if isinstance(plan_id, str):
+            yield index, plan_id
+
+
+def _plan_id_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:
+    """Every plan id on the site is unique, counting the ids a kind's plans take on each device
+    (``<plan id>.<device id>``); a device's plan with the id of one of its kind's plans replaces
+    that plan and takes its derived id."""
+    kind_plans = data.get("kind_plans")
+    by_kind: dict[str, dict[str, int]] = {}
+    for kind, plans in kind_plans.items() if isinstance(kind_plans, dict) else ():
+        ids = by_kind.setdefault(str(kind), {})
+        for index, plan_id in _ids_in(plans):
+            if plan_id in ids:
+                yield (
+                    ("kind_plans", kind, index, "id"),
+                    f"duplicate plan id {plan_id!r} (first at kind_plans.{kind}[{ids[plan_id]}])",
+                )
+            else:
+                ids[plan_id] = index
+    first_at: dict[str, str] = {}  # effective plan id -> where it was first declared
+    for index, device in enumerate(data.get("devices") or []):
+        if not isinstance(device, dict):
+            continue
+        device_id, kind = device.get("id"), device.get("kind")
+        kind_ids = by_kind.get(kind, {}) if isinstance(kind, str) else {}
+        if not isinstance(device_id, str):
+            kind_ids = {}
+        own: set[str] = set()
+        for plan_index, plan_id in _ids_in(device.get("plans")):
+            own.add(plan_id)
+            effective = plan_id
+            if plan_id in kind_ids:
+                effective = derived_plan_id(plan_id, str(device_id))
+            if effective in first_at:
+                yield (
+                    ("devices", index, "plans", plan_index, "id"),
+                    f"duplicate plan id {effective!r} (first at {first_at[effective]})",
+                )
+            else:
+                first_at[effective] = f"devices[{index}].plans[{plan_index}]"
+        for plan_id, kind_index in kind_ids.items():
+            if plan_id in own:
+                continue
+            effective = derived_plan_id(plan_id, str(device_id))
+            if effective in first_at:
+                yield (
+                    ("kind_plans", str(kind), kind_index, "id"),
+                    f"plan id {effective!r}, which this plan takes on device {device_id!r}, is "
+                    f"already used at {first_at[effective]}",
+                )
+            else:
+                first_at[effective] = f"kind_plans.{kind}[{kind_index}] on device {device_id}"
 
 
 def _mqtt_cross_checks(data: dict[str, Any]) -> Iterator[tuple[_Path, str]]:

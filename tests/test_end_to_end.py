@@ -27,7 +27,7 @@ from equipwatch.storage import Storage
 from simulators.fleet import SimulatedFleet, localize_modbus_endpoints
 from tests.support import sample_site, wait_for
 
-SPEED = 36_000.0  # ten simulated hours a real second: the usage plan falls due in about a second
+SPEED = 36_000.0  # ten simulated hours a real second: the meter plan falls due in about a second
 
 
 def local_sample_site(topic_prefix: str) -> SiteConfig:
@@ -97,7 +97,7 @@ async def test_both_protocols_reach_the_api_and_a_plan_falls_due(running: Runnin
 
     due = await wait_for(service_due, timeout=30, what="the autoclave service to fall due")
     item = next(d for d in due if d["plan_id"] == "autoclave-1-service")
-    assert item["basis"] == "usage"
+    assert item["basis"] == "meter"
     assert item["due_value"] == 4500  # the plan's first-due point
     notices = await running.store.notices()
     assert [n.subject for n in notices if n.kind == "maintenance_due"] == [

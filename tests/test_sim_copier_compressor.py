@@ -76,7 +76,7 @@ def test_channels_declared_are_exactly_the_values_reported(make: ModelFactory) -
 def test_default_plans_meter_a_counter_of_the_kind(make: ModelFactory) -> None:
     model = make()
     counters = {c.name for c in model.channels if c.kind is MetricKind.COUNTER}
-    usage = [plan for plan in model.default_plans if plan["type"] == "usage"]
+    usage = [plan for plan in model.default_plans if plan["type"] == "meter"]
     assert usage
     assert all(plan["metric"] in counters for plan in usage)
 

@@ -172,8 +172,8 @@ def test_default_plans_meter_a_counter_of_the_kind(kind: type[DeviceModel]) -> N
     counters = {c.name for c in kind.channels if c.kind is MetricKind.COUNTER}
     assert kind.default_plans
     for plan in kind.default_plans:
-        assert plan["type"] in ("usage", "calendar")
-        if plan["type"] == "usage":
+        assert plan["type"] in ("meter", "calendar", "condition", "fault", "supplies")
+        if plan["type"] == "meter":
             assert plan["metric"] in counters
 
 

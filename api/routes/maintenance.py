@@ -14,7 +14,7 @@ router = APIRouter(prefix="/maintenance", tags=["maintenance"])
     "/due", response_model=list[MaintenanceDueOut], summary="Maintenance due and not yet done"
 )
 async def maintenance_due(store: StoreDep, site: SiteDep) -> list[MaintenanceDueOut]:
-    names = {plan.id: plan.name for device in site.devices for plan in device.plans}
+    names = {plan.id: plan.name for device in site.devices for plan in site.device_plans(device)}
     return [
         MaintenanceDueOut(
             id=item.id,

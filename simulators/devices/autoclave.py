@@ -44,10 +44,12 @@ class AutoclaveModel(DeviceModel):
     )
     failure_rate = 0.03  # chance that a cycle fails with a fault code; tests may change it
     default_plans = (
-        {"suffix": "service", "name": "Autoclave service (every 500 cycles)", "type": "usage",
-         "metric": "cycles_total", "every": 500},
-        {"suffix": "validation", "name": "Autoclave validation (every 180 days)",
-         "type": "calendar", "every_days": 180},
+        {"suffix": "service", "name": "Autoclave service (every 500 cycles)", "type": "meter",
+         "metric": "cycles_total", "every": 500, "lead": 50},
+        {"suffix": "validation", "name": "Autoclave validation (every 6 months)",
+         "type": "calendar", "every": "6 months", "lead": "2 weeks"},
+        {"suffix": "spore-test", "name": "Biological (spore) test (weekly)",
+         "type": "calendar", "every": "1 week", "mode": "floating"},
     )  # fmt: skip
 
     def _begin(self, initial: Mapping[str, float]) -> None:

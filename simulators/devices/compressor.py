@@ -118,7 +118,9 @@ class CompressorModel(DeviceModel):
     register_map = REGISTER_MAP
     default_plans = (
         {"suffix": "service", "name": "Compressor service (every 2,000 run hours)",
-         "type": "usage", "metric": "run_hours", "every": 2000},
+         "type": "meter", "metric": "run_hours", "every": 2000, "lead": 100},
+        {"suffix": "filter", "name": "Intake filter clogged twice in a day", "type": "fault",
+         "code": "FILTER_CLOGGED", "count": 2, "within": "1d", "priority": "medium"},
     )  # fmt: skip
 
     def _begin(self, initial: Mapping[str, float]) -> None:

@@ -70,8 +70,10 @@ class CopierModel(DeviceModel):
     )
     fault_codes = ("JAM", "TONER_LOW", "TONER_EMPTY", "DRUM_END_OF_LIFE")
     default_plans = (
-        {"suffix": "service", "name": "Copier service (every 10,000 pages)", "type": "usage",
+        {"suffix": "service", "name": "Copier service (every 10,000 pages)", "type": "meter",
          "metric": "pages_total", "every": 10000},
+        {"suffix": "toner", "name": "Copier toner", "type": "supplies", "metric": "toner_pct",
+         "below": 10, "hysteresis": 20, "item": "Toner cartridge"},
     )  # fmt: skip
 
     def _begin(self, initial: Mapping[str, float]) -> None:

@@ -103,8 +103,8 @@ class InfusionPumpModel(DeviceModel):
     )
     fault_codes = ("OCCLUSION", "AIR_IN_LINE", "FREE_FLOW", "BATTERY_LOW")
     default_plans = (
-        {"suffix": "pm", "name": "Infusion pump PM (high risk, every 180 days)",
-         "type": "calendar", "every_days": 180},
+        {"suffix": "pm", "name": "Infusion pump PM (high risk, every 6 months)",
+         "type": "calendar", "every": "6 months", "lead": "2 weeks"},
     )  # fmt: skip
 
     def initial_counter(self, name: str, rng: random.Random) -> int:

@@ -65,8 +65,10 @@ class UpsModel(DeviceModel):
     fault_codes = ("ON_BATTERY", "BATTERY_LOW", "REPLACE_BATTERY")
     register_map = REGISTER_MAP
     default_plans = (
-        {"suffix": "battery-test", "name": "UPS battery test (every 180 days)",
-         "type": "calendar", "every_days": 180},
+        {"suffix": "battery-test", "name": "UPS battery test (every 6 months)",
+         "type": "calendar", "every": "6 months"},
+        {"suffix": "replace-battery", "name": "Replace UPS battery", "type": "fault",
+         "code": "REPLACE_BATTERY", "priority": "high"},
     )  # fmt: skip
 
     def initial_counter(self, name: str, rng: random.Random) -> int:

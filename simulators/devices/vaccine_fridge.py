@@ -110,7 +110,10 @@ class VaccineFridgeModel(DeviceModel):
     fault_codes = ("EXCURSION_HIGH", "EXCURSION_LOW", "LOGGER_BATTERY_LOW", "PROBE_FAULT")
     default_plans = (
         {"suffix": "logger-calibration", "name": "Data logger calibration (yearly)",
-         "type": "calendar", "every_days": 365},
+         "type": "calendar", "every": "1 year"},
+        {"suffix": "too-warm", "name": "Vaccine fridge above 8 °C for 30 minutes",
+         "type": "condition", "metric": "temperature_c", "above": 8, "for": "30m",
+         "hysteresis": 0.5, "severity": "critical"},
     )  # fmt: skip
 
     def _begin(self, initial: Mapping[str, float]) -> None:

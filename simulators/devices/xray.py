@@ -101,9 +101,9 @@ class XrayModel(DeviceModel):
     heat_per_exposure_c = HEAT_PER_EXPOSURE_C  # tube heating per exposure; tests may raise it
     default_plans = (
         {"suffix": "service", "name": "X-ray manufacturer service (yearly)",
-         "type": "calendar", "every_days": 365},
+         "type": "calendar", "every": "1 year"},
         {"suffix": "tube-check", "name": "X-ray tube check (every 20000 exposures)",
-         "type": "usage", "metric": "exposures_total", "every": 20000},
+         "type": "meter", "metric": "exposures_total", "every": 20000},
     )  # fmt: skip
 
     def initial_counter(self, name: str, rng: random.Random) -> int:
