@@ -72,3 +72,7 @@ class OnlineTracker:
 
     def is_online(self, device_id: str) -> bool | None:
         return self._online.get(device_id)
+
+    def states(self) -> dict[str, bool]:
+        """Every device heard of or polled so far, and whether it is online now."""
+        return dict(self._online)

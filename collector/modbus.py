@@ -246,6 +246,10 @@ class ModbusCollector:
         with backoff), by device id."""
         return {device_id: state.breaker for device_id, state in self._polling.items()}
 
+    def device_states(self) -> dict[str, bool]:
+        """Online (True) or offline for each device this collector has heard from or polled."""
+        return self._online.states()
+
     async def run(self) -> None:
         """Poll every device until cancelled."""
         try:

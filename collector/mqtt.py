@@ -268,6 +268,10 @@ class MqttCollector:
         self._unsubscribing: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
 
+    def device_states(self) -> dict[str, bool]:
+        """Online (True) or offline for each device this collector has heard from or polled."""
+        return self._online.states()
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive_forever(), name=f"mqtt[{self._name}].receive")

@@ -647,7 +647,12 @@ class MqttSettings(_Model):
     )
     client_id: Identifier = "equipwatch-collector"
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(
+        default=None, description="prefer password_env: a password here travels with the file"
+    )
+    password_env: str | None = Field(
+        default=None, description="environment variable that holds the broker password"
+    )
     tls: TlsSettings | None = None
     protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(str)] = Field(
         default="auto",
@@ -680,8 +685,10 @@ class MqttSettings(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttSettings:
-        if self.password is not None and self.username is None:
+        if (self.password is not None or self.password_env is not None) and self.username is None:
             raise ValueError("a password needs a username")
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give password or password_env, not both")
         if self.tls is not None and self.url is not None and not self.url.startswith("mqtts://"):
             raise ValueError("tls settings need an mqtts:// url")
         return self
@@ -772,6 +779,11 @@ class ApiSettings(_Model):
 
 class RulesSettings(_Model):
     tick: Seconds = 1.0
+    takeover: Seconds = Field(
+        default=10.0,
+        description="a standby rules engine takes over at most this long after the leader's "
+        "database session ends",
+    )
 
 
 class SimulationSettings(_Model):

@@ -18,9 +18,10 @@ from core.clock import SystemClock
 from core.config import InfluxSettings, SiteConfig, StoreSettings, parse_config
 from core.errors import ConfigError
 from core.records import Reading
+from core.secrets import postgres_dsn
 from core.store import SqliteStore
 from equipwatch.runtime import run_until
-from equipwatch.storage import Storage, open_storage, postgres_dsn
+from equipwatch.storage import Storage, open_storage
 from tests.pg import Cluster, postgres_cluster
 from tests.support import sample_site, wait_for
 from tests.vm import VictoriaMetrics, victoria_metrics
@@ -49,7 +50,7 @@ class Acks:
 async def running(storage: Storage, site: SiteConfig) -> AsyncIterator[BatchWriter]:
     writer = BatchWriter(storage.target, batch_size=100, flush_interval=0.02)
     stop = asyncio.Event()
-    tasks = [("writer", writer.run()), *storage.tasks(site, SystemClock())]
+    tasks = [("writer", writer.run()), *storage.drains(site)]
     runner = asyncio.create_task(run_until(stop, tasks))
     try:
         yield writer

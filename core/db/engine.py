@@ -13,6 +13,7 @@ Two backends:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.config import SiteConfig
+from core.secrets import postgres_dsn
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -63,8 +65,11 @@ def records_url(setting: str | Path) -> str:
     return f"{drivers[scheme]}://{rest}"
 
 
-def records_url_for(site: SiteConfig) -> str:
-    """The records database a site uses: the time-series store's SQLite file."""
+def records_url_for(site: SiteConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The records database a site uses: the time-series store's database (its SQLite file,
+    or its PostgreSQL server with the password from the environment)."""
+    if site.store.backend == "postgresql":
+        return records_url(postgres_dsn(site, environ))
     return records_url(site.store.path)
 
 
