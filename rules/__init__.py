@@ -1,1 +1,2 @@
-"""The rules engine: maintenance plans falling due, and alarms raised from device faults."""
+"""The rules: maintenance plans (plans.py and its parts), and the engine (engine.py) that turns
+them, with device faults, into due occurrences, work orders, alarms and notifications (notify/)."""

@@ -1,23 +1,17 @@
-"""Counter deltas, the plan functions one by one, and the rules engine on a real SQLite store
-with a clock that tests move."""
+"""Counter deltas and the plan functions one by one (the engine that drives them is tested in
+tests/test_rules_engine.py)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import TypeAdapter
 
-from core.clock import ManualClock
-from core.config import Plan, SiteConfig, parse_config
-from core.records import FaultEvent, Reading
-from core.store import SqliteStore
+from core.config import Plan
+from core.records import Reading
 from rules.counters import counter_delta
-from rules.engine import RulesEngine
 from rules.meter import MeterState, forecast, observe_counter
 from rules.plans import Basis, Status, assess, new_state
 
@@ -154,157 +148,3 @@ def test_calendar_due_from_start_in_site_zone() -> None:
     status = assess(plan, state, due_at, LONDON)
     assert (status.status, status.due_at, status.due_value) == (Status.DUE, due_at, None)
     assert status.detail == "every 90 days (fixed); due 2026-05-30"
-
-
-# --- the engine on a real SQLite store ------------------------------------------------------
-
-SITE = """\
-site: {name: Test practice, timezone: Europe/London}
-kind_plans:
-  autoclave:
-    - {id: spore, name: Spore test, type: calendar, every: 1 week, start: 2026-11-16}
-devices:
-  - id: ac-1
-    kind: autoclave
-    location: Sterilisation room
-    source:
-      protocol: mqtt
-      topic: clinic/ac-1
-      fields:
-        - {field: cycles, kind: counter, width: 16}
-        - {field: temp_c}
-        - {field: water_pct}
-        - {field: faults, kind: fault}
-    plans:
-      - {id: service, name: Service, type: meter, metric: cycles, every: 100}
-      - {id: too-hot, name: Too hot, type: condition, metric: temp_c, above: 140, for: 10m,
-         hysteresis: 5, severity: critical}
-      - {id: water, name: Water, type: supplies, metric: water_pct, below: 20, hysteresis: 30,
-         item: Distilled water}
-      - {id: door, name: Door trouble, type: fault, code: DOOR, count: 2, within: 1h}
-"""
-
-
-@pytest.fixture
-def site() -> SiteConfig:
-    return parse_config(SITE, "site.yaml")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "rules.sqlite") as opened:
-        yield opened
-
-
-# the engine's clock in the tests below, before the spore test falls due (2026-11-23 00:00)
-BEFORE_SPORE_TEST = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def _counter(raw: int, when: datetime) -> Reading:
-    return Reading("ac-1", "cycles", float(raw), when, raw=raw, width=16)
-
-
-async def test_engine_catches_up_after_a_week_down_with_one_due_item_and_one_notice(
-    site: SiteConfig, store: SqliteStore
-) -> None:
-    clock = ManualClock(datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
-    await RulesEngine(site, store, clock).evaluate()
-    assert await store.maintenance_due() == []
-    # down for a week: the spore test fell due on 11-23 00:00 (GMT) meanwhile
-    clock.set(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
-    engine = RulesEngine(site, store, clock)  # a restarted engine, from stored state only
-    for _ in range(3):
-        await engine.evaluate()
-        clock.advance(timedelta(hours=1))
-    await RulesEngine(site, store, clock).evaluate()
-    [due] = await store.maintenance_due()
-    assert (due.plan_id, due.device_id, due.cycle, due.basis) == (
-        "spore.ac-1",
-        "ac-1",
-        0,
-        "calendar",
-    )
-    assert due.due_at == datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
-    assert [n.subject for n in await store.notices()] == [
-        "Maintenance due: Spore test on ac-1 (Sterilisation room)"
-    ]
-
-
-async def test_engine_counts_a_wrapping_counter_from_the_store(
-    site: SiteConfig, store: SqliteStore
-) -> None:
-    clock = ManualClock(BEFORE_SPORE_TEST)
-    engine = RulesEngine(site, store, clock)
-    await store.write([_counter(65500, T0), _counter(65530, T0 + timedelta(minutes=10))])
-    statuses = {s.plan_id: s for s in await engine.evaluate()}
-    assert (statuses["service"].status, statuses["service"].usage) == (Status.OK, 30)
-    # 65530 -> 70 wraps: 65536 - 65530 + 70 = 76, usage 106
-    await store.write([_counter(70, T0 + timedelta(minutes=20))])
-    await engine.evaluate()
-    [due] = await store.maintenance_due()
-    # the due point as the counter reads now: 70 - 106 + 100 = 64 (65600 - 65536)
-    assert (due.plan_id, due.basis, due.due_value) == ("service", "meter", 64)
-    stored = (await store.plan_documents())["service"]
-    assert (stored["type"], stored["usage"], stored["last_raw"]) == ("meter", 106, 70)
-
-
-async def test_engine_raises_and_clears_a_condition_alarm_and_records_the_occurrence(
-    site: SiteConfig, store: SqliteStore
-) -> None:
-    clock = ManualClock(BEFORE_SPORE_TEST)
-    engine = RulesEngine(site, store, clock)
-    await engine.evaluate()
-    minutes = [(0, 150.0), (5, 151.0), (10, 149.0)]  # above 140 from 0:00; at 0:10 it fires
-    await store.write([Reading("ac-1", "temp_c", v, T0 + timedelta(minutes=m)) for m, v in minutes])
-    await engine.evaluate()
-    [alarm] = await store.alarms(active_only=True)
-    assert (alarm.type, alarm.severity, alarm.first_seen) == (
-        "condition:too-hot", "critical", T0 + timedelta(minutes=10),
-    )  # fmt: skip
-    [due] = await store.maintenance_due()
-    assert (due.plan_id, due.basis, due.due_at) == ("too-hot", "condition", alarm.first_seen)
-    await store.write([Reading("ac-1", "temp_c", 135.0, T0 + timedelta(minutes=20))])  # <= 135
-    await engine.evaluate()
-    assert await store.alarms(active_only=True) == []
-    assert len(await store.maintenance_due()) == 1  # open until someone completes it
-
-
-async def test_engine_supplies_and_fault_plans(site: SiteConfig, store: SqliteStore) -> None:
-    clock = ManualClock(BEFORE_SPORE_TEST)
-    engine = RulesEngine(site, store, clock)
-    await engine.evaluate()
-    await store.write(
-        [
-            Reading("ac-1", "water_pct", 25.0, T0),
-            Reading("ac-1", "water_pct", 15.0, T0 + timedelta(minutes=1)),
-            Reading("ac-1", "water_pct", 12.0, T0 + timedelta(minutes=2)),
-            FaultEvent("ac-1", "DOOR", T0, True),
-            FaultEvent("ac-1", "DOOR", T0 + timedelta(minutes=1), False),
-        ]
-    )
-    await engine.evaluate()
-    assert [(d.plan_id, d.basis) for d in await store.maintenance_due()] == [("water", "supplies")]
-    # the second DOOR within the hour opens the corrective occurrence
-    await store.write([FaultEvent("ac-1", "DOOR", T0 + timedelta(minutes=30), True)])
-    await engine.evaluate()
-    await engine.evaluate()
-    assert [(d.plan_id, d.basis, d.cycle) for d in await store.maintenance_due()] == [
-        ("water", "supplies", 0),
-        ("door", "fault", 0),
-    ]
-    assert [n.subject for n in await store.notices()] == [
-        "Reorder Distilled water: Water on ac-1 (Sterilisation room)",
-        "Corrective maintenance: Door trouble on ac-1 (Sterilisation room)",
-    ]
-    assert [a.type for a in await store.alarms(active_only=True)] == ["fault:DOOR"]
-
-
-async def test_a_stored_state_of_another_plan_type_is_logged_and_the_plan_starts_afresh(
-    site: SiteConfig, store: SqliteStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    calendar_state = new_state(site.kind_plans["autoclave"][0], T0).to_json()
-    await store.save_plan_document("service", "ac-1", 0, calendar_state)
-    with caplog.at_level(logging.WARNING, logger="rules.engine"):
-        await RulesEngine(site, store, ManualClock(T0)).evaluate()
-    assert "plan 'service': stored state cannot be read" in caplog.text
-    assert (await store.plan_documents())["service"]["type"] == "meter"
