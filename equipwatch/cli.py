@@ -16,14 +16,15 @@ from zoneinfo import ZoneInfo
 
 from core.clock import AcceleratedClock, SystemClock
 from core.config import MqttSettings, MqttSource, load_config, parse_duration
-from core.db import head_revision, prepare, records_url, records_url_for, upgrade
+from core.db import RecordStore, head_revision, prepare, records_url, records_url_for, upgrade
 from core.db.engine import describe
 from core.db.migrate import inspect_database
-from core.errors import ConfigError, SchemaMismatch, StoreError
+from core.db.records import API_ROLES
+from core.errors import ConfigError, RecordError, SchemaMismatch, StoreError
 from core.store import SqliteStore
 from equipwatch.broker import embedded_broker
 from equipwatch.export import export_csv, parse_moment
-from equipwatch.runtime import Service, bind_api_socket, run_until
+from equipwatch.runtime import Role, Service, Shard, bind_api_socket, run_until
 from equipwatch.storage import open_storage
 from simulators.fleet import (
     SimulatedFleet,
@@ -75,19 +76,27 @@ async def _demo(args: argparse.Namespace) -> int:
         sim_clock = AcceleratedClock(sim_start, speed)
         fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=sim_clock)
         data_dir: Path = args.data_dir
+        store_path = data_dir / "equipwatch.sqlite"
+        records_location = records_url(store_path)
+        if not await records_ready(records_location, None):
+            return 2
         storage = await stack.enter_async_context(
             open_storage(
                 site,
                 clock=SystemClock(),
-                sqlite_path=data_dir / "equipwatch.sqlite",
+                sqlite_path=store_path,
                 outbox_path=data_dir / "outbox.sqlite",
             )
         )
+        records = await stack.enter_async_context(
+            RecordStore.open(records_location, clock=SystemClock())
+        )
+        await records.sync_devices(site.devices)
         port = site.api.port if args.port is None else args.port  # 0 asks for a free port
         api_socket = bind_api_socket(site.api.host, port, fall_back=True)
         host, port = api_socket.getsockname()[:2]
         service = Service(
-            site, storage, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
+            site, storage, records, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=api_socket
         )
         url = f"http://{host}:{port}"
         print(
@@ -171,22 +180,60 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     site = load_config(args.config)
+    role = Role(args.role)
+    try:
+        shard = None if args.shard is None else Shard.parse(args.shard)
+    except ValueError as exc:
+        print(f"error: --shard: {exc}", file=sys.stderr)
+        return 2
+    if shard is not None and role is not Role.COLLECTOR:
+        print("error: --shard splits collectors; use it with --role collector", file=sys.stderr)
+        return 2
     mqtt_url = args.mqtt_url or site.mqtt.url
-    if mqtt_url is None and any(isinstance(d.source, MqttSource) for d in site.devices):
+    mqtt_devices = any(isinstance(d.source, MqttSource) for d in site.devices)
+    if role.collects and mqtt_devices and mqtt_url is None:
         print(
             "error: devices publish over MQTT; set mqtt.url in the config or pass --mqtt-url",
             file=sys.stderr,
         )
         return 2
+    url = records_url_for(site)
+    if not await records_ready(url, args.config):
+        return 2
     stop = _stop_event()
     clock = SystemClock()
-    async with open_storage(site, clock=clock) as storage:
-        api_socket = bind_api_socket(site.api.host, site.api.port, fall_back=False)
-        service = Service(site, storage, clock=clock, mqtt_url=mqtt_url, api_socket=api_socket)
+    async with (
+        open_storage(site, clock=clock, collecting=role.collects) as storage,
+        RecordStore.open(url, clock=clock, config_file=args.config) as records,
+    ):
+        if role.evaluates:
+            await records.sync_devices(site.devices)
+        port = site.api.port if args.port is None else args.port
+        api_socket = bind_api_socket(site.api.host, port, fall_back=False)
+        service = Service(
+            site,
+            storage,
+            records,
+            clock=clock,
+            mqtt_url=mqtt_url,
+            api_socket=api_socket,
+            role=role,
+            shard=shard,
+            client_id=args.client_id or _client_id(site.mqtt.client_id, role, shard),
+        )
         host, port = api_socket.getsockname()[:2]
-        log.info("serving the API on http://%s:%d", host, port)
+        what = "the API" if role.serves_api else "/healthz, /readyz and /metrics"
+        log.info("%s: serving %s on http://%s:%d", role.value, what, host, port)
         await run_until(stop, service.tasks())
     return 0
+
+
+def _client_id(configured: str, role: Role, shard: Shard | None) -> str:
+    """A collector's MQTT client id: the configured one, told apart per shard, since a broker
+    drops the older of two connections with one id (and each shard keeps its own session)."""
+    if role is not Role.COLLECTOR or shard is None:
+        return configured
+    return f"{configured}-{shard.index}of{shard.count}"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -294,6 +341,55 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser("token", help="API tokens: create, list, revoke")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="make a token; it is printed once")
+    create.add_argument("--role", required=True, choices=API_ROLES)
+    create.add_argument("--name", required=True, help="who or what holds it, e.g. tom or cmms")
+    listing = token_commands.add_parser("list", help="every token (never its secret)")
+    revoke = token_commands.add_parser("revoke", help="stop a token from working")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name")
+    which.add_argument("--id", type=int)
+    for command in (create, listing, revoke):
+        command.add_argument("--config", type=Path, required=True, help="the site configuration")
+
+
+async def _token(args: argparse.Namespace) -> int:
+    url = records_url_for(load_config(args.config))
+    if not await records_ready(url, args.config):
+        return 2
+    try:
+        async with RecordStore.open(url, config_file=args.config) as records:
+            if args.token_command == "create":
+                token_id, token = await records.create_token(args.name, args.role)
+                print(token)
+                print(
+                    f"token {token_id} for {args.name} ({args.role}); it is shown only now: "
+                    "keep it where the caller reads it, e.g. a secret store",
+                    file=sys.stderr,
+                )
+            elif args.token_command == "revoke":
+                revoked = await records.revoke_token(token_id=args.id, name=args.name)
+                print(f"token {revoked.id} ({revoked.name}) is revoked")
+            else:
+                for item in await records.tokens():
+                    state = (
+                        f"revoked {item.revoked_at:%Y-%m-%d %H:%M}"
+                        if item.revoked_at is not None
+                        else "active"
+                    )
+                    print(
+                        f"{item.id:>4}  {item.name:<20} {item.role:<12} "
+                        f"created {item.created_at:%Y-%m-%d %H:%M}  {state}"
+                    )
+    except (RecordError, StoreError) as exc:
+        print(f"equipwatch: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equipwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -353,6 +449,20 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run collectors, rules and API against real devices")
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--mqtt-url", help="broker URL (default: the config's mqtt.url)")
+    run.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=Role.ALL.value,
+        help="run one part only, to split the service over processes (default: all)",
+    )
+    run.add_argument(
+        "--shard",
+        help="K/N: this collector polls the Modbus devices whose id hashes to K of N",
+    )
+    run.add_argument("--port", type=int, help="HTTP port (default: the config's api.port)")
+    run.add_argument(
+        "--client-id", help="MQTT client id (default: the config's, with the shard appended)"
+    )
 
     db = commands.add_parser("db", help="the records database: migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -364,6 +474,7 @@ def _parser() -> argparse.ArgumentParser:
         where = command.add_mutually_exclusive_group(required=True)
         where.add_argument("--config", type=Path, help="the site configuration naming the store")
         where.add_argument("--url", help="a SQLite file, a postgresql:// DSN or a SQLAlchemy URL")
+    _token_parser(commands)
     return parser
 
 
@@ -383,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "db":
             return asyncio.run(_db(args))
+        if args.command == "token":
+            return asyncio.run(_token(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"equipwatch: the configuration has {len(exc.issues)} problem(s):", file=sys.stderr)

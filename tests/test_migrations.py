@@ -46,7 +46,7 @@ from equipwatch.cli import main, records_ready
 from tests.pg import drop_schema, postgres_dsn, schema_name
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-HEAD = "0002"
+HEAD = "0003"
 
 SITE = """
 site: {{name: Test practice, timezone: UTC}}

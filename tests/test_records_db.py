@@ -438,6 +438,19 @@ async def test_work_orders_filter_and_page(records: RecordStore) -> None:
         await records.work_orders(limit=0)
 
 
+async def test_finished_work_orders_are_picked_out_of_many_ids(records: RecordStore) -> None:
+    done = await reach(records, "done", 1)
+    cancelled = await reach(records, "cancelled", 2)
+    held = await reach(records, "on_hold", 3)
+    opened = await reach(records, "open", 4)
+    # more ids than one statement takes, most of them unknown
+    asked = [opened.id, held.id, 9_999, *range(10_000, 11_200), cancelled.id, done.id]
+    found = await records.finished_work_orders(asked)
+    assert [(o.id, o.state) for o in found] == [(done.id, "done"), (cancelled.id, "cancelled")]
+    assert found[0].counters == {"cycles_total": 4512.0}
+    assert await records.finished_work_orders([]) == []
+
+
 # --- alarms --------------------------------------------------------------------------------
 
 

@@ -16,14 +16,20 @@ How the rules hold:
   occurrence, one notice per event, recipient and channel) settle what two callers racing to
   insert would otherwise duplicate.
 - Listings page by id (keyset): ``Page.next_after`` goes back as ``after``.
+- API tokens are ``ew_<lookup>_<secret>``; only a hash of the secret is stored, so the
+  token is shown once, by ``create_token``, and cannot be read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import math
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -54,9 +60,11 @@ from core.db.models import (
 from core.db.schema import (
     ACTIVE_ALARM,
     ALARM_SEVERITIES,
+    API_ROLES,
     PRIORITIES,
     WORK_ORDER_KINDS,
     AlarmRow,
+    ApiTokenRow,
     AuditRow,
     CursorRow,
     DeviceRow,
@@ -69,7 +77,18 @@ from core.db.types import UTCDateTime
 from core.errors import InvalidRecord, InvalidTransition, NotFound, StoreError
 from core.notices import NoticeRecord
 
-__all__ = ["MAX_PAGE", "RULES", "TRANSITIONS", "UNSET", "RecordStore", "Unset"]
+__all__ = [
+    "API_ROLES",
+    "MAX_PAGE",
+    "RULES",
+    "TOKEN_PREFIX",
+    "TRANSITIONS",
+    "UNSET",
+    "ApiToken",
+    "Principal",
+    "RecordStore",
+    "Unset",
+]
 
 RULES = "rules"
 """The actor of what the rules engine does."""
@@ -102,6 +121,47 @@ class Unset(Enum):
 
 UNSET = Unset.UNSET
 
+TOKEN_PREFIX = "ew_"
+"""What every API token starts with, so that a leaked one is recognisable (secret scanners,
+logs)."""
+_LOOKUP_CHARS = 12
+_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, and in which role (one of ``API_ROLES``)."""
+
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token as listed: never its secret, which only ``create_token`` shows, once."""
+
+    id: int
+    name: str
+    role: str
+    lookup: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _secret_hash(secret: str) -> str:
+    # sha256 rather than a slow KDF: the secret is 256 random bits, not a password, so there
+    # is nothing a guesser could enumerate, and checking stays cheap on every request
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split_token(token: str) -> tuple[str, str] | None:
+    """(lookup, secret) of a well-formed token, else None."""
+    head = len(TOKEN_PREFIX) + _LOOKUP_CHARS
+    if not token.startswith(TOKEN_PREFIX) or len(token) < head + 2 or token[head] != "_":
+        return None
+    return token[len(TOKEN_PREFIX) : head], token[head + 1 :]
+
+
 _DEVICES = cast(Table, DeviceRow.__table__)
 _PLANS = cast(Table, PlanStateRow.__table__)
 _DUES = cast(Table, MaintenanceDueRow.__table__)
@@ -110,6 +170,7 @@ _ALARMS = cast(Table, AlarmRow.__table__)
 _NOTICES = cast(Table, NotificationRow.__table__)
 _AUDIT = cast(Table, AuditRow.__table__)
 _CURSORS = cast(Table, CursorRow.__table__)
+_TOKENS = cast(Table, ApiTokenRow.__table__)
 
 
 def _untyped(table: Table) -> TableClause:
@@ -213,6 +274,17 @@ def _notification(row: Row[Any]) -> Notification:
 
 def _audit_entry(row: Row[Any]) -> AuditEntry:
     return AuditEntry(**_values(row))
+
+
+def _api_token(row: Row[Any]) -> ApiToken:
+    return ApiToken(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        lookup=row.lookup,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
 
 
 class RecordStore:
@@ -602,6 +674,25 @@ class RecordStore:
             _one_of("kind", kind, WORK_ORDER_KINDS)
             conditions.append(_ORDERS.c.kind == kind)
         return await self._page(_ORDERS, conditions, after, limit, _work_order)
+
+    async def finished_work_orders(self, ids: Iterable[int]) -> list[WorkOrder]:
+        """Those of these work orders that are done or cancelled, in id order (unknown ids are
+        left out): one query per few hundred ids, for a caller that keeps track of the orders
+        it opened and must learn which were finished elsewhere."""
+        wanted = sorted(set(ids))
+        finished: list[WorkOrder] = []
+        async with self._read() as connection:
+            for start in range(0, len(wanted), _CHUNK):
+                query = (
+                    select(_ORDERS)
+                    .where(
+                        _ORDERS.c.id.in_(wanted[start : start + _CHUNK]),
+                        _ORDERS.c.state.in_(("done", "cancelled")),
+                    )
+                    .order_by(_ORDERS.c.id)
+                )
+                finished += [_work_order(row) for row in await connection.execute(query)]
+        return finished
 
     async def _order_for_update(self, connection: AsyncConnection, work_order_id: int) -> WorkOrder:
         query = select(_ORDERS).where(_ORDERS.c.id == work_order_id).with_for_update()
@@ -1008,6 +1099,87 @@ class RecordStore:
         )
         async with self._write() as connection:
             await connection.execute(statement)
+
+    # --- API tokens ----------------------------------------------------------------------
+
+    async def create_token(self, name: str, role: str, *, actor: str = "cli") -> tuple[int, str]:
+        """Make a token for ``name`` in ``role``: its id and the token itself, which is shown
+        here once and stored only as a hash. A name is taken once, also after revocation, so
+        that the audit log's names stay unambiguous."""
+        _text("name", name)
+        _one_of("role", role, API_ROLES)
+        lookup = secrets.token_hex(_LOOKUP_CHARS // 2)
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        async with self._write() as connection:
+            taken = await self._one(connection, select(_TOKENS.c.id).where(_TOKENS.c.name == name))
+            if taken is not None:
+                raise InvalidRecord(f"name: a token named {name!r} exists already (id {taken.id})")
+            statement = (
+                _TOKENS.insert()
+                .values(
+                    name=name,
+                    role=role,
+                    lookup=lookup,
+                    secret_hash=_secret_hash(secret),
+                    created_at=self._clock.now(),
+                    revoked_at=None,
+                )
+                .returning(*_TOKENS.c)
+            )
+            token = _api_token((await connection.execute(statement)).one())
+            await self._audit(
+                connection, [(actor, "api_token", str(token.id), "created", None, token)]
+            )
+        return token.id, f"{TOKEN_PREFIX}{lookup}_{secret}"
+
+    async def verify_token(self, token: str) -> Principal | None:
+        """Who holds ``token``; None for a malformed, unknown or revoked one."""
+        parts = _split_token(token)
+        if parts is None:
+            return None
+        lookup, secret = parts
+        query = select(_TOKENS).where(_TOKENS.c.lookup == lookup)
+        async with self._read() as connection:
+            row = await self._one(connection, query)
+        # the lookup is public; the secret is compared in constant time, so that the answer's
+        # timing tells nothing about how much of a guess was right
+        if row is None or not hmac.compare_digest(row.secret_hash, _secret_hash(secret)):
+            return None
+        if row.revoked_at is not None:
+            return None
+        return Principal(row.name, row.role)
+
+    async def revoke_token(
+        self, *, token_id: int | None = None, name: str | None = None, actor: str = "cli"
+    ) -> ApiToken:
+        """Revoke the token with this id or this name; revoking twice keeps the first time."""
+        if (token_id is None) == (name is None):
+            raise InvalidRecord("revoke a token by its id or by its name, one of the two")
+        where = _TOKENS.c.id == token_id if token_id is not None else _TOKENS.c.name == name
+        async with self._write() as connection:
+            row = await self._one(connection, select(_TOKENS).where(where).with_for_update())
+            if row is None:
+                raise NotFound(
+                    f"no token {token_id}" if token_id is not None else f"no token named {name!r}"
+                )
+            old = _api_token(row)
+            if old.revoked_at is not None:
+                return old
+            statement = (
+                update(_TOKENS)
+                .where(_TOKENS.c.id == old.id)
+                .values(revoked_at=self._clock.now())
+                .returning(*_TOKENS.c)
+            )
+            new = _api_token((await connection.execute(statement)).one())
+            await self._audit(connection, [(actor, "api_token", str(old.id), "revoked", old, new)])
+            return new
+
+    async def tokens(self) -> list[ApiToken]:
+        """Every token ever made, revoked ones included, in id order."""
+        async with self._read() as connection:
+            rows = await connection.execute(select(_TOKENS).order_by(_TOKENS.c.id))
+            return [_api_token(row) for row in rows]
 
 
 def _same(value: Any) -> Any:

@@ -9,7 +9,9 @@ Identities:
 - a plan's n-th due occurrence is (plan_id, cycle), and so is its preventive work order;
 - a corrective work order opened from a fault carries the fault's ``fault_key``;
 - at most one *active* alarm exists per (device_id, type), by a partial unique index;
-- a notification is (event_key, recipient, channel).
+- a notification is (event_key, recipient, channel);
+- an API token is found by its ``lookup`` (public, unique) and checked against ``secret_hash``;
+  its ``name`` is unique, so that it can be revoked by name.
 
 Allowed values (states, priorities, severities) are checked by the database as well as by
 ``RecordStore``, so that no other writer can store a state the state machine does not know.
@@ -39,6 +41,7 @@ from core.db.types import UTCDateTime
 
 __all__ = [
     "ALARM_SEVERITIES",
+    "API_ROLES",
     "NAMING_CONVENTION",
     "NOTIFICATION_STATUSES",
     "PRIORITIES",
@@ -46,6 +49,7 @@ __all__ = [
     "WORK_ORDER_KINDS",
     "WORK_ORDER_STATES",
     "AlarmRow",
+    "ApiTokenRow",
     "AuditRow",
     "Base",
     "CursorRow",
@@ -71,6 +75,7 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 ALARM_SEVERITIES = ("critical", "major", "minor", "warning")
 NOTIFICATION_STATUSES = ("pending", "sent", "failed")
 RISK_CLASSES = ("low", "medium", "high")
+API_ROLES = ("technician", "manager", "integration", "admin")
 
 # The predicate of the one-active-alarm index; the same text is the conflict target's.
 ACTIVE_ALARM = "active"
@@ -264,3 +269,24 @@ class CursorRow(Base):
 
     name: Mapped[str] = mapped_column(String, primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiTokenRow(Base):
+    """A bearer token of the API: who holds it, their role, and a hash of its secret (the
+    secret itself is shown once, when the token is made, and never stored)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        UniqueConstraint("lookup"),
+        CheckConstraint(one_of("role", API_ROLES), name="role"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    role: Mapped[str] = mapped_column(String)
+    lookup: Mapped[str] = mapped_column(String)
+    secret_hash: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
