@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from collector.base import OnDurable
@@ -71,7 +71,9 @@ class BatchWriter:
 
     A source that must know when its records are safe (an MQTT message is acknowledged to the
     broker only then) passes ``on_durable``: it is called, in order, once the transaction that
-    holds those records has committed. A batch the target refuses is retried with backoff, never
+    holds those records has committed; ``on_commit`` once per committed batch (the rules
+    engine in the same process evaluates new records then, not at its next tick). A batch the
+    target refuses is retried with backoff, never
     dropped, and its callbacks wait with it.
     """
 
@@ -82,8 +84,10 @@ class BatchWriter:
         batch_size: int = 500,
         flush_interval: float = 0.2,
         max_pending: int = 50_000,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._target = target
+        self._on_commit = on_commit
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_pending)
@@ -161,5 +165,7 @@ class BatchWriter:
                 callbacks.append(on_durable)
         await self._target.write_batch(records, letters)
         self.batches += 1
+        if self._on_commit is not None:
+            self._on_commit()
         for callback in callbacks:
             callback()

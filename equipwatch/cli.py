@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -92,6 +93,11 @@ async def _demo(args: argparse.Namespace) -> int:
             RecordStore.open(records_location, clock=SystemClock())
         )
         await records.sync_devices(site.devices)
+        # a fresh admin token each run, so that the printed URLs work at once; a name is never
+        # reused, and earlier demo tokens stay listed (and revocable) with `equipwatch token`
+        _, token = await records.create_token(
+            f"demo-{SystemClock().now():%Y%m%dT%H%M%S}-{os.urandom(2).hex()}", "admin", actor="demo"
+        )
         port = site.api.port if args.port is None else args.port  # 0 asks for a free port
         api_socket = bind_api_socket(site.api.host, port, fall_back=True)
         host, port = api_socket.getsockname()[:2]
@@ -112,6 +118,8 @@ async def _demo(args: argparse.Namespace) -> int:
             + "\n"
             + "".join(f"  Modbus {old} simulated at {new}\n" for old, new in moved.items())
             + f"  Data:             {data_dir}\n"
+            f"  API token:        {token}  (admin, made for this demo run)\n"
+            f"  Try:              curl -H 'Authorization: Bearer {token}' {url}/api/v1/devices\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

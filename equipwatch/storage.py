@@ -16,24 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from collector.writer import BatchTarget, OutboxTarget, StoreTarget
 from core.clock import Clock
 from core.config import SiteConfig
-from core.errors import ConfigError, ConfigIssue, StoreError
+from core.errors import StoreError
 from core.records import DeadLetter, Record
+from core.secrets import from_environment, postgres_dsn
 from core.store import PostgresStore, SqliteStore
 from core.store.influx import InfluxSink
 from core.store.outbox import Outbox, OutboxItem, OutboxStats
 
-__all__ = ["Storage", "open_storage", "postgres_dsn"]
+__all__ = ["Storage", "open_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +94,23 @@ class Storage:
             }
         return store["ok"], checks
 
-    def tasks(self, site: SiteConfig, clock: Clock) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """The drains that hand records on, and the retention timer; run until cancelled."""
-        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
-        if self.outbox is not None:
-            tasks.append((f"outbox.drain[{STORE}]", self.outbox.drain(STORE, self._hand_to_store)))
-            if self.influx is not None:
-                assert site.influx is not None
-                tasks.append(
-                    (
-                        f"outbox.drain[{INFLUX}]",
-                        self.outbox.drain(
-                            INFLUX,
-                            self.influx.write,
-                            limit=site.influx.batch_size,
-                            linger=site.influx.flush_interval,
-                        ),
-                    )
-                )
-        tasks.append(("store.retention", self._retention(site, clock)))
-        return tasks
+    def drains(self, site: SiteConfig) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The outbox's drains, one per destination; run until cancelled."""
+        if self.outbox is None:
+            return []
+        drains: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            (f"outbox.drain[{STORE}]", self.outbox.drain(STORE, self._hand_to_store))
+        ]
+        if self.influx is not None:
+            assert site.influx is not None
+            drain = self.outbox.drain(
+                INFLUX,
+                self.influx.write,
+                limit=site.influx.batch_size,
+                linger=site.influx.flush_interval,
+            )
+            drains.append((f"outbox.drain[{INFLUX}]", drain))
+        return drains
 
     async def _hand_to_store(self, items: Sequence[OutboxItem]) -> None:
         if not self._store_open:
@@ -125,7 +121,7 @@ class Storage:
         records: list[Record] = [item for item in items if not isinstance(item, DeadLetter)]
         await StoreTarget(self.store).write_batch(records, letters)
 
-    async def _retention(self, site: SiteConfig, clock: Clock) -> None:
+    async def retention(self, site: SiteConfig, clock: Clock) -> None:
         """Apply the retention periods now and then at the configured interval. A failed run
         is logged and tried again at the next one: retention is housekeeping, never a reason
         to stop collecting."""
@@ -156,43 +152,6 @@ def _every(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
-def _from_environment(variable: str, field: str, environ: Mapping[str, str] | None) -> str:
-    """A secret the config names by its environment variable; a missing one is a
-    configuration error, reported before anything starts."""
-    value = (os.environ if environ is None else environ).get(variable)
-    if value is None:
-        issue = ConfigIssue(
-            file="(environment)",
-            line=None,
-            column=None,
-            field=field,
-            message=f"environment variable {variable} is not set",
-        )
-        raise ConfigError([issue])
-    return value
-
-
-def postgres_dsn(site: SiteConfig, environ: Mapping[str, str] | None = None) -> str:
-    """The configured DSN with the password from its environment variable, if one is named."""
-    settings = site.store.postgresql
-    assert settings is not None
-    if settings.password_env is None:
-        return settings.dsn
-    password = _from_environment(settings.password_env, "store.postgresql.password_env", environ)
-    scheme, rest = settings.dsn.split("://", 1)
-    user, at, host = rest.partition("@")
-    if not at:
-        issue = ConfigIssue(
-            file="(config)",
-            line=None,
-            column=None,
-            field="store.postgresql.dsn",
-            message="a password needs a user name: postgresql://user@host/database",
-        )
-        raise ConfigError([issue])
-    return f"{scheme}://{user}:{quote(password, safe='')}@{host}"
-
-
 @contextlib.asynccontextmanager
 async def open_storage(
     site: SiteConfig,
@@ -201,10 +160,13 @@ async def open_storage(
     sqlite_path: Path | None = None,
     outbox_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    collecting: bool = True,
 ) -> AsyncIterator[Storage]:
     """Open the store (and the outbox and InfluxDB sink when configured) for ``site``.
 
     ``sqlite_path`` and ``outbox_path`` override the config's files (the demo keeps its own).
+    A process that does not collect (the rules or API role) opens the store only: the outbox
+    and the stream belong to the collectors.
     """
     settings = site.store
     retention = settings.retention
@@ -219,13 +181,13 @@ async def open_storage(
     else:
         store = SqliteStore(sqlite_path or settings.path)
     influx = None
-    if site.influx is not None:
+    if site.influx is not None and collecting:
         influx = InfluxSink(
             site.influx.url,
             token=(
                 ""
                 if site.influx.token_env is None
-                else _from_environment(site.influx.token_env, "influx.token_env", environ)
+                else from_environment(site.influx.token_env, "influx.token_env", environ)
             ),
             org=site.influx.org,
             bucket=site.influx.bucket,
@@ -233,7 +195,7 @@ async def open_storage(
             kinds={device.id: device.kind for device in site.devices},
             timeout=site.influx.timeout,
         )
-    needs_outbox = settings.backend == "postgresql" or influx is not None
+    needs_outbox = collecting and (settings.backend == "postgresql" or influx is not None)
     async with contextlib.AsyncExitStack() as stack:
         if influx is not None:
             stack.callback(influx.close)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import ParamSpec, Protocol
@@ -246,6 +246,7 @@ class RulesEngine:
         ]
         self._outbox: list[Event] = []
         self._wake = asyncio.Event()
+        self._standings: Mapping[str, PlanStatus] = {}
         self.passes = 0
         self._forget()
 
@@ -300,7 +301,13 @@ class RulesEngine:
             events, self._outbox = self._outbox, []
             await self._send(events)
         self.passes += 1
+        self._standings = {status.plan_id: status for status in statuses}
         return statuses
+
+    async def standings(self) -> Mapping[str, PlanStatus]:
+        """Every plan's status at the last pass, by plan id (a new mapping per pass), for the
+        API in the same process."""
+        return self._standings
 
     async def _pass(self, now: datetime) -> list[PlanStatus]:
         if not self._loaded:

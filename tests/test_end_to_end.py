@@ -21,6 +21,7 @@ import pytest
 from collector.writer import StoreTarget
 from core.clock import AcceleratedClock, SystemClock
 from core.config import SiteConfig
+from core.db import RecordStore, prepare, records_url
 from core.store import SqliteStore
 from equipwatch.runtime import Service, bind_api_socket, run_until
 from equipwatch.storage import Storage
@@ -40,6 +41,7 @@ class Running:
     api: httpx.AsyncClient
     site: SiteConfig
     store: SqliteStore
+    records: RecordStore
 
 
 @pytest.fixture
@@ -48,18 +50,28 @@ async def running(mqtt_url: str, topic_prefix: str, tmp_path: Path) -> AsyncIter
     start = datetime(2026, 11, 23, 7, 55, tzinfo=UTC)  # a Monday, just before the clinic opens
     fleet = SimulatedFleet(site, mqtt_url=mqtt_url, clock=AcceleratedClock(start, SPEED))
     stop = asyncio.Event()
-    async with SqliteStore(tmp_path / "site.sqlite") as store:
+    path = tmp_path / "site.sqlite"
+    assert await prepare(records_url(path), None) is not None  # a new file is created at head
+    async with (
+        SqliteStore(path) as store,
+        RecordStore.open(records_url(path), clock=SystemClock()) as records,
+    ):
+        _, token = await records.create_token("end-to-end", "admin")
         sock = bind_api_socket("127.0.0.1", 0, fall_back=False)
         port = sock.getsockname()[1]
         storage = Storage(store=store, target=StoreTarget(store))
-        service = Service(site, storage, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=sock)
+        service = Service(
+            site, storage, records, clock=SystemClock(), mqtt_url=mqtt_url, api_socket=sock
+        )
         runner = asyncio.create_task(run_until(stop, fleet.tasks() + service.tasks()))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+        ) as api:
             try:
                 assert service.mqtt is not None
                 # a message published before the collector subscribed would never reach it
                 await asyncio.wait_for(service.mqtt.connected.wait(), timeout=20)
-                yield Running(api, site, store)
+                yield Running(api, site, store, records)
             finally:
                 stop.set()
                 await asyncio.wait_for(runner, timeout=15)
@@ -74,11 +86,13 @@ async def _json(api: httpx.AsyncClient, path: str) -> Any:
 async def test_both_protocols_reach_the_api_and_a_plan_falls_due(running: Running) -> None:
     async def both_devices_reporting() -> list[dict[str, Any]] | None:
         try:
-            devices: list[dict[str, Any]] = await _json(running.api, "/api/v1/devices")
+            page = await _json(running.api, "/api/v1/devices")
         except httpx.TransportError:
             return None
-        ready = all(d["status"] == "online" and d["latest"] for d in devices)
-        return devices if ready else None
+        devices: list[dict[str, Any]] = page["items"]
+        if not all(d["health"]["status"] == "online" for d in devices):
+            return None
+        return [await _json(running.api, f"/api/v1/devices/{d['id']}") for d in devices]
 
     devices = await wait_for(both_devices_reporting, timeout=30, what="both devices online")
     by_id = {d["id"]: d for d in devices}
@@ -92,23 +106,23 @@ async def test_both_protocols_reach_the_api_and_a_plan_falls_due(running: Runnin
     assert ups["latest"]["run_hours"]["unit"] == "h"
 
     async def service_due() -> list[dict[str, Any]] | None:
-        due: list[dict[str, Any]] = await _json(running.api, "/api/v1/maintenance/due")
-        return due if any(d["plan_id"] == "autoclave-1-service" for d in due) else None
+        page = await _json(running.api, "/api/v1/maintenance/due")
+        due: list[dict[str, Any]] = page["items"]
+        recorded = [d for d in due if d["plan_id"] == "autoclave-1-service" and d["occurrence_id"]]
+        return due if recorded else None
 
     due = await wait_for(service_due, timeout=30, what="the autoclave service to fall due")
     item = next(d for d in due if d["plan_id"] == "autoclave-1-service")
     assert item["basis"] == "meter"
     assert item["due_value"] == 4500  # the plan's first-due point
-    notices = await running.store.notices()
-    assert [n.subject for n in notices if n.kind == "maintenance_due"] == [
-        "Maintenance due: Autoclave service (every 500 cycles) on autoclave-1 (Sterilisation room)"
-    ]
+    orders = (await running.records.work_orders(device_id="autoclave-1")).items
+    assert [(o.kind, o.plan_id, o.state) for o in orders] == [("pm", "autoclave-1-service", "open")]
 
     readings = await _json(
         running.api, "/api/v1/devices/ups-1/readings?metric=line_fail_count&limit=5"
     )
-    assert readings["readings"], "the UPS's counter readings are stored"
-    assert all(r["metric"] == "line_fail_count" for r in readings["readings"])
+    assert readings["items"], "the UPS's counter readings are stored"
+    assert all(r["metric"] == "line_fail_count" for r in readings["items"])
 
 
 async def test_malformed_payload_is_dead_lettered_and_collection_goes_on(
@@ -121,7 +135,7 @@ async def test_malformed_payload_is_dead_lettered_and_collection_goes_on(
         await client.publish(topic, b'{"cycles_total": "many"}', qos=1)
 
     async def letters() -> list[dict[str, Any]] | None:
-        found: list[dict[str, Any]] = await _json(running.api, "/api/v1/dead-letters")
+        found: list[dict[str, Any]] = (await _json(running.api, "/api/v1/dead-letters"))["items"]
         return found if len(found) >= 2 else None
 
     found = await wait_for(letters, timeout=20, what="two dead letters")
@@ -149,17 +163,20 @@ async def test_demo_command_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) 
     assert process.stdout is not None
     assert process.stderr is not None
     try:
-        url = None
-        while url is None:
+        url = token = None
+        while url is None or token is None:
             line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
-            assert line, "the demo exited before printing its URL"
+            assert line, "the demo exited before printing its URL and token"
             if "Devices:" in line:
                 url = line.split()[-1]
-        async with httpx.AsyncClient() as client:
+            elif "API token:" in line:
+                token = line.split()[2]
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
 
             async def due() -> bool:
                 response = await client.get(url.replace("/devices", "/maintenance/due"))
-                return bool(response.json())
+                response.raise_for_status()
+                return any(item["occurrence_id"] for item in response.json()["items"])
 
             await wait_for(due, timeout=60, what="a due item from the demo")
     finally:

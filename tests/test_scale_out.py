@@ -1,0 +1,294 @@
+"""Scaling out in separate OS processes, against a real Mosquitto and PostgreSQL: collectors
+split an MQTT stream and a Modbus fleet without duplicates, and one rules engine leads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.net import free_port
+from equipwatch.runtime import Shard
+from tests.pg import postgres_dsn
+from tests.support import modbus_gateway, mosquitto, sample_site, wait_for
+from tests.test_modbus_collector import START, ups
+
+
+@pytest.fixture(scope="module")
+def server_dsn() -> Iterator[str]:
+    with postgres_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A database of the test's own on the shared server, dropped afterwards."""
+    name = f"scale_{os.urandom(4).hex()}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = server_dsn.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with mosquitto(tmp_path / "mosquitto") as url:
+        yield url
+
+
+@dataclass
+class Process:
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@contextlib.contextmanager
+def processes(tmp_path: Path) -> Iterator[list[Process]]:
+    """Processes started into the list are stopped (SIGTERM, then SIGKILL) on the way out."""
+    started: list[Process] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+
+
+def start(
+    started: list[Process], tmp_path: Path, config: Path, name: str, *arguments: str
+) -> Process:
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    command = [sys.executable, "-m", "equipwatch", "run", "--config", str(config)]
+    command += ["--port", str(port), *arguments]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    process = Process(name, port, popen, log)
+    started.append(process)
+    return process
+
+
+async def scrape(http: httpx.AsyncClient, process: Process) -> dict[tuple[str, str], float]:
+    """name and the sorted label values joined by ',' → value."""
+    response = await http.get(f"{process.url}/metrics")
+    response.raise_for_status()
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(v for _, v in sorted(sample.labels.items()))
+            found[(sample.name, labels)] = sample.value
+    return found
+
+
+async def ready(http: httpx.AsyncClient, process: Process) -> bool:
+    if process.popen.poll() is not None:
+        raise AssertionError(f"{process.name} exited:\n{process.output()}")
+    try:
+        return (await http.get(f"{process.url}/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def all_ready(http: httpx.AsyncClient, started: list[Process]) -> None:
+    for process in started:
+
+        async def probe(process: Process = process) -> bool:
+            return await ready(http, process)
+
+        await wait_for(probe, timeout=60, what=f"{process.name} to be ready")
+
+
+def write_site(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def base_site(dsn: str) -> dict[str, Any]:
+    data: dict[str, Any] = sample_site().model_dump(mode="json", exclude_none=True)
+    data["store"] = {"backend": "postgresql", "postgresql": {"dsn": dsn}, "flush_interval": 0.05}
+    data.pop("kind_plans", None)
+    data.pop("simulation", None)
+    return data
+
+
+async def stored(dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+
+
+# --- MQTT: two collectors on one shared subscription --------------------------------------
+
+MESSAGES = 400
+
+
+async def test_two_collectors_split_one_shared_subscription_and_store_each_message_once(
+    dsn: str, broker: str, tmp_path: Path
+) -> None:
+    data = base_site(dsn)
+    fridge = next(d for d in data["devices"] if d["id"] == "fridge-1")
+    fridge["plans"] = []
+    fridge["source"]["expected_interval"] = 3600
+    data["devices"] = [fridge]
+    data["mqtt"] = {"url": broker, "client_id": "collector", "shared_group": "equipwatch"}
+    config = write_site(tmp_path / "site.yaml", data)
+    topic = fridge["source"]["topic"]
+
+    with processes(tmp_path) as started:
+        one = start(started, tmp_path, config, "collector-1", "--role", "collector")
+        two = start(
+            started, tmp_path, config, "collector-2", "--role", "collector", "--client-id", "c2"
+        )
+        async with httpx.AsyncClient(timeout=5) as http:
+            await all_ready(http, [one, two])
+            await asyncio.to_thread(publish, broker, topic, MESSAGES)
+            await wait_for(
+                lambda: _count_at_least(
+                    dsn,
+                    "SELECT count(*) FROM equipwatch.readings WHERE metric = 'temperature_c'",
+                    MESSAGES,
+                ),
+                timeout=60,
+                what=f"{MESSAGES} stored readings",
+            )
+            shares = [
+                (await scrape(http, p))[("equipwatch_messages_total", "")] for p in (one, two)
+            ]
+    # the store is idempotent on (device, metric, time), so the collectors' own counts are
+    # what proves no message was delivered twice
+    assert sum(shares) == MESSAGES
+    assert min(shares) > 0, shares
+    rows = await stored(
+        dsn, "SELECT count(*) AS n FROM equipwatch.readings WHERE metric = 'temperature_c'"
+    )
+    assert rows[0]["n"] == MESSAGES
+
+
+def publish(url: str, topic: str, count: int) -> None:
+    host, port = url.removeprefix("mqtt://").split(":")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="devices", protocol=mqtt.MQTTv5)
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        start_ts = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+        infos = []
+        for i in range(count):
+            ts = (start_ts + timedelta(seconds=i)).isoformat()
+            body = json.dumps({"ts": ts, "temperature_c": 4.0 + (i % 7) / 10})
+            infos.append(client.publish(topic, body, qos=1))
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+async def _count_at_least(dsn: str, sql: str, wanted: int) -> bool | None:
+    rows = await stored(dsn, sql)
+    return (bool(rows) and rows[0][0] >= wanted) or None
+
+
+# --- Modbus: two collectors sharding a hundred devices ------------------------------------
+
+UNITS = 100
+
+
+async def test_two_collector_shards_poll_every_modbus_device_exactly_once(
+    dsn: str, tmp_path: Path
+) -> None:
+    data = base_site(dsn)
+    template = next(d for d in data["devices"] if d["id"] == "ups-1")
+    units = {unit: ups(unit) for unit in range(1, UNITS + 1)}
+    async with modbus_gateway(units, start=START) as port:
+        devices = []
+        for unit in units:
+            device = json.loads(json.dumps(template))
+            device.update(id=f"ups-{unit:03d}", plans=[])
+            device["source"].update(port=port, unit=unit, interval=1.0, timeout=0.5)
+            devices.append(device)
+        data["devices"] = devices
+        data.pop("mqtt", None)
+        config = write_site(tmp_path / "site.yaml", data)
+        with processes(tmp_path) as started:
+            shards = [
+                start(
+                    started,
+                    tmp_path,
+                    config,
+                    f"shard-{k}",
+                    "--role",
+                    "collector",
+                    "--shard",
+                    f"{k}/2",
+                )
+                for k in (1, 2)
+            ]
+            async with httpx.AsyncClient(timeout=5) as http:
+                await all_ready(http, shards)
+                await wait_for(
+                    lambda: _count_at_least(
+                        dsn, "SELECT count(DISTINCT device_id) FROM equipwatch.readings", UNITS
+                    ),
+                    timeout=60,
+                    what=f"readings from all {UNITS} devices",
+                )
+                polled = []
+                for process in shards:
+                    metrics = await scrape(http, process)
+                    polled.append(
+                        {
+                            labels
+                            for (name, labels), value in metrics.items()
+                            if name == "equipwatch_device_online" and value == 1
+                        }
+                    )
+    every = {f"ups-{unit:03d}" for unit in units}
+    assert polled[0] | polled[1] == every
+    assert not polled[0] & polled[1]
+    # each shard took what the documented hash gives it, and both took a real share
+    assert polled[0] == {d for d in every if Shard(1, 2).owns(d)}
+    assert 20 < len(polled[0]) < 80
