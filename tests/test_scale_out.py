@@ -25,10 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.net import free_port
+from core.records import Reading
+from core.store import PostgresStore
 from equipwatch.runtime import Shard
 from tests.pg import postgres_dsn
 from tests.support import modbus_gateway, mosquitto, sample_site, wait_for
 from tests.test_modbus_collector import START, ups
+from tests.test_notify_channels import Inbox, smtp_server
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +102,13 @@ def start(
 ) -> Process:
     port = free_port()
     log = tmp_path / f"{name}.log"
+    # a working directory each: a collector's outbox file is its own
+    workdir = tmp_path / name
+    workdir.mkdir()
     command = [sys.executable, "-m", "equipwatch", "run", "--config", str(config)]
     command += ["--port", str(port), *arguments]
     with log.open("wb") as out:
-        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     process = Process(name, port, popen, log)
     started.append(process)
     return process
@@ -173,6 +179,8 @@ async def test_two_collectors_split_one_shared_subscription_and_store_each_messa
     fridge = next(d for d in data["devices"] if d["id"] == "fridge-1")
     fridge["plans"] = []
     fridge["source"]["expected_interval"] = 3600
+    fields = fridge["source"]["fields"]
+    fridge["source"]["fields"] = [f for f in fields if f["field"] == "temperature_c"]
     data["devices"] = [fridge]
     data["mqtt"] = {"url": broker, "client_id": "collector", "shared_group": "equipwatch"}
     config = write_site(tmp_path / "site.yaml", data)
@@ -292,3 +300,121 @@ async def test_two_collector_shards_poll_every_modbus_device_exactly_once(
     # each shard took what the documented hash gives it, and both took a real share
     assert polled[0] == {d for d in every if Shard(1, 2).owns(d)}
     assert 20 < len(polled[0]) < 80
+
+
+# --- rules: one leader, a takeover, one notice ----------------------------------------------
+
+TAKEOVER = 3.0  # rules.takeover in the config below
+
+
+def rules_site(dsn: str, smtp_port: int) -> dict[str, Any]:
+    return {
+        "site": {"name": "Riverside", "timezone": "Europe/London"},
+        "store": {"backend": "postgresql", "postgresql": {"dsn": dsn}},
+        "rules": {"tick": 0.2, "takeover": TAKEOVER},
+        "notifications": {
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "security": "none",
+                "from_address": "equipwatch@clinic.example",
+            },
+            "recipients": [
+                {"name": "mia", "role": "manager", "channels": {"email": "mia@x.example"}}
+            ],
+        },
+        "devices": [
+            {
+                "id": "autoclave-1",
+                "kind": "autoclave",
+                "location": "Sterilisation room",
+                "source": {
+                    "protocol": "mqtt",
+                    "topic": "clinic/riverside/devices/autoclave-1/telemetry",
+                    "fields": [{"field": "cycles_total", "kind": "counter", "width": 32}],
+                },
+                "plans": [
+                    {
+                        "id": "autoclave-1-service",
+                        "name": "Autoclave service",
+                        "type": "meter",
+                        "metric": "cycles_total",
+                        "every": 500,
+                        "first_due": 4500,
+                    }
+                ],
+            }
+        ],
+    }
+
+
+async def leaders(http: httpx.AsyncClient, started: list[Process]) -> list[Process]:
+    found = []
+    for process in started:
+        if process.popen.poll() is not None:
+            continue
+        with contextlib.suppress(httpx.TransportError):
+            if (await scrape(http, process)).get(("equipwatch_leader", "")) == 1:
+                found.append(process)
+    return found
+
+
+async def test_one_rules_engine_leads_and_a_standby_takes_over_with_one_notice(
+    dsn: str, tmp_path: Path
+) -> None:
+    inbox = Inbox()
+    with smtp_server(inbox) as smtp_port, processes(tmp_path) as started:
+        config = write_site(tmp_path / "site.yaml", rules_site(dsn, smtp_port))
+        engines = [
+            start(started, tmp_path, config, f"rules-{n}", "--role", "rules") for n in (1, 2)
+        ]
+        async with httpx.AsyncClient(timeout=5) as http, PostgresStore(dsn) as store:
+            await all_ready(http, engines)
+
+            async def one_leader() -> Process | None:
+                found = await leaders(http, engines)
+                return found[0] if len(found) == 1 else None
+
+            leader = await wait_for(one_leader, timeout=30, what="exactly one leader")
+            standby = next(p for p in engines if p is not leader)
+            ts = datetime.now(UTC) - timedelta(minutes=5)
+            await store.write(
+                [Reading("autoclave-1", "cycles_total", 4400, ts, raw=4400, width=32)]
+            )
+            before = (await scrape(http, leader))[("equipwatch_rules_passes_total", "")]
+            await wait_for(
+                lambda: _passes_beyond(http, leader, before + 3), timeout=20, what="leader passes"
+            )
+            assert await leaders(http, engines) == [leader]
+
+            # the leader dies; the plan falls due while nobody leads
+            leader.popen.send_signal(signal.SIGKILL)
+            killed = asyncio.get_running_loop().time()
+            await asyncio.to_thread(leader.popen.wait)
+            due = ts + timedelta(minutes=1)
+            await store.write(
+                [Reading("autoclave-1", "cycles_total", 4500, due, raw=4500, width=32)]
+            )
+
+            async def standby_leads() -> bool:
+                return await leaders(http, [standby]) == [standby]
+
+            await wait_for(standby_leads, timeout=30, what="the standby to take over")
+            took = asyncio.get_running_loop().time() - killed
+            assert took < TAKEOVER, f"took over after {took:.1f}s"
+
+            async def mailed() -> bool:
+                return bool(inbox.received)
+
+            await wait_for(mailed, timeout=30, what="the due notice")
+            passes = (await scrape(http, standby))[("equipwatch_rules_passes_total", "")]
+            await wait_for(
+                lambda: _passes_beyond(http, standby, passes + 10), timeout=30, what="more passes"
+            )
+    subjects = [message["Subject"] for _, _, message in inbox.received]
+    assert len(subjects) == 1, subjects
+    assert "Autoclave service" in subjects[0]
+
+
+async def _passes_beyond(http: httpx.AsyncClient, process: Process, wanted: float) -> bool:
+    return (await scrape(http, process))[("equipwatch_rules_passes_total", "")] >= wanted
