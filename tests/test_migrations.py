@@ -41,11 +41,39 @@ from core.db.schema import Base
 from core.errors import DatabaseAhead, DatabaseBehind, SchemaMismatch
 from core.notices import NoticeRecord
 from core.records import Reading
-from core.store import PlanState, SqliteStore
+from core.store import SqliteStore
 from equipwatch.cli import main, records_ready
 from tests.pg import drop_schema, postgres_dsn, schema_name
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+# the record tables as the SQLite store kept them before the records database (revision 0001)
+LEGACY_STORE_RECORDS = """
+CREATE TABLE plan_state (
+    plan_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, started_ms INTEGER NOT NULL,
+    cycle INTEGER NOT NULL, usage REAL NOT NULL, first_value REAL, last_raw REAL,
+    last_ts_ms INTEGER, last_completed_ms INTEGER
+);
+CREATE TABLE maintenance_due (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, plan_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    cycle INTEGER NOT NULL, basis TEXT NOT NULL, detail TEXT NOT NULL, due_at_ms INTEGER,
+    due_value REAL, detected_ms INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (plan_id, cycle)
+);
+CREATE TABLE alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, type TEXT NOT NULL,
+    severity TEXT NOT NULL, message TEXT NOT NULL, active INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX alarms_one_active ON alarms (device_id, type) WHERE active = 1;
+CREATE TABLE notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, device_id TEXT NOT NULL,
+    event_key TEXT NOT NULL UNIQUE, subject TEXT NOT NULL, created_ms INTEGER NOT NULL
+);
+CREATE TABLE cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+"""
+
+
 HEAD = "0003"
 
 SITE = """
@@ -220,28 +248,37 @@ async def test_upgrade_from_0001_keeps_the_rows_and_they_stay_usable(database: D
 
 
 async def test_a_store_file_from_before_is_adopted_as_0001(tmp_path: Path) -> None:
-    """The SQLite store itself writes the record tables of revision 0001, unstamped."""
+    """Before the records database, the SQLite store itself kept the record tables of revision
+    0001 in its file, unstamped: such a file is recognised and upgraded with its rows."""
     path = tmp_path / "equipwatch.sqlite"
     async with SqliteStore(path) as store:
         await store.write([Reading("autoclave-1", "cycles_total", 4500.0, at(0))])
-        await store.save_plan_state(
-            PlanState("ac1-service", "autoclave-1", started=at(0), cycle=1, usage=12.0)
+    with sqlite3.connect(path) as raw:
+        raw.executescript(LEGACY_STORE_RECORDS)
+        raw.execute(
+            "INSERT INTO plan_state (plan_id, device_id, started_ms, cycle, usage) "
+            "VALUES ('ac1-service', 'autoclave-1', ?, 1, 12.0)",
+            (ms(0),),
         )
-        await store.open_due(
-            plan_id="ac1-service",
-            device_id="autoclave-1",
-            cycle=1,
-            basis="usage",
-            detail="every 500 cycles",
-            due_at=None,
-            due_value=4500.0,
-            detected=at(3),
-            notice_subject="Maintenance due: Autoclave service",
+        raw.execute(
+            "INSERT INTO maintenance_due (plan_id, device_id, cycle, basis, detail, due_value, "
+            "detected_ms) VALUES ('ac1-service', 'autoclave-1', 1, 'usage', 'every 500 cycles', "
+            "4500.0, ?)",
+            (ms(3),),
         )
-        await store.raise_alarm(
-            device_id="autoclave-1", type="fault:DOOR", severity="major", message="m", ts=at(2)
+        raw.execute(
+            "INSERT INTO notices (kind, device_id, event_key, subject, created_ms) VALUES "
+            "('maintenance_due', 'autoclave-1', 'due:ac1-service:1', "
+            "'Maintenance due: Autoclave service', ?)",
+            (ms(3),),
         )
-        await store.set_cursor("rules.faults", 9)
+        raw.execute(
+            "INSERT INTO alarms (device_id, type, severity, message, active, count, "
+            "first_seen_ms, last_seen_ms) VALUES ('autoclave-1', 'fault:DOOR', 'major', 'm', "
+            "1, 1, ?, ?)",
+            (ms(2), ms(2)),
+        )
+        raw.execute("INSERT INTO cursors VALUES ('rules.faults', 9)")
     url = records_url(path)
     config = site_file(tmp_path, path)
     state = await inspect_database(url)

@@ -71,6 +71,31 @@ async def test_readings_range_is_half_open_and_filtered_by_metric(store: SqliteS
     assert [r.value for r in got] == [2.0, 3.0, 4.0]
 
 
+async def test_writes_leave_the_rollups_to_maintenance(store: SqliteStore) -> None:
+    # the write path is raw and latest only; the rollups come with maintain_rollups
+    await store.write(
+        [Reading("ups", "load", float(m), T0 + timedelta(minutes=m)) for m in range(3)]
+        + [Reading("ac-1", "temp", 20.0, T0)]
+    )
+
+    def rollup_rows() -> tuple[int, int, int]:
+        with sqlite3.connect(store.path) as conn:
+            counts = tuple(
+                conn.execute(sql).fetchone()[0]
+                for sql in (
+                    "SELECT count(*) FROM readings_1m",
+                    "SELECT count(*) FROM readings_1h",
+                    "SELECT count(*) FROM latest WHERE pending_from_ms IS NOT NULL",
+                )
+            )
+        conn.close()
+        return counts
+
+    assert rollup_rows() == (0, 0, 2)
+    assert await store.maintain_rollups() == 2
+    assert rollup_rows() == (4, 2, 0)
+
+
 async def test_the_latest_status_change_wins(store: SqliteStore) -> None:
     await store.write(
         [
@@ -83,48 +108,6 @@ async def test_the_latest_status_change_wins(store: SqliteStore) -> None:
     assert not statuses["ups"].online
     assert statuses["ups"].reason == "timeout"
     assert statuses["ac-1"].online
-
-
-async def test_a_due_occurrence_is_recorded_once_with_one_notice(store: SqliteStore) -> None:
-    async def record() -> bool:
-        return await store.open_due(
-            plan_id="p1",
-            device_id="ac-1",
-            cycle=0,
-            basis="usage",
-            detail="500 cycles",
-            due_at=None,
-            due_value=4500.0,
-            detected=T0,
-            notice_subject="Maintenance due",
-        )
-
-    assert await record()
-    assert not await record()
-    [due] = await store.maintenance_due()
-    assert (due.plan_id, due.cycle, due.due_value) == ("p1", 0, 4500.0)
-    assert [n.subject for n in await store.notices()] == ["Maintenance due"]
-
-
-async def test_repeats_update_the_one_active_alarm_and_a_clear_allows_a_new_one(
-    store: SqliteStore,
-) -> None:
-    for minute in range(3):
-        await store.raise_alarm(
-            device_id="ac-1",
-            type="fault:DOOR",
-            severity="major",
-            message="door",
-            ts=T0 + timedelta(minutes=minute),
-        )
-    [alarm] = await store.alarms()
-    assert (alarm.count, alarm.first_seen, alarm.last_seen) == (3, T0, T0 + timedelta(minutes=2))
-    await store.clear_alarm(device_id="ac-1", type="fault:DOOR", ts=T0 + timedelta(minutes=3))
-    assert await store.alarms(active_only=True) == []
-    await store.raise_alarm(
-        device_id="ac-1", type="fault:DOOR", severity="major", message="door", ts=T0
-    )
-    assert len(await store.alarms()) == 2
 
 
 async def test_faults_are_read_back_in_order_after_a_cursor(store: SqliteStore) -> None:

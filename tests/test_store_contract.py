@@ -10,6 +10,7 @@ is exact in binary floating point whatever the order of addition, and means comp
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import sqlite3
@@ -31,20 +32,23 @@ from core.store import (
     AGGREGATES,
     Aggregate,
     Bucket,
+    LatestValue,
     PostgresStore,
     SqliteStore,
     TimeSeriesStore,
 )
-from core.store.timeseries import Resolution
+from core.store.timeseries import Resolution, collector_paused, latest_values, plan_history
 from tests.pg import drop_schema, postgres_cluster, postgres_dsn, schema_name
+from tests.support import wait_for
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a whole minute
 
 
 class Opener(Protocol):
-    """Opens the test's store; ``options`` go to the constructor (retention periods)."""
+    """Opens the test's store; ``options`` go to the constructor (retention periods, the
+    rollup interval)."""
 
-    def __call__(self, **options: int) -> AbstractAsyncContextManager[TimeSeriesStore]: ...
+    def __call__(self, **options: float | None) -> AbstractAsyncContextManager[TimeSeriesStore]: ...
 
 
 def at(seconds: float) -> datetime:
@@ -67,7 +71,7 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         path = tmp_path / "store.sqlite"
 
-        def open_sqlite(**options: int) -> AbstractAsyncContextManager[TimeSeriesStore]:
+        def open_sqlite(**options: Any) -> AbstractAsyncContextManager[TimeSeriesStore]:
             return SqliteStore(path, **options)
 
         yield open_sqlite
@@ -75,7 +79,7 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     dsn: str = request.getfixturevalue("pg_dsn")
     schema = schema_name(request.node.name)
 
-    def open_postgres(**options: int) -> AbstractAsyncContextManager[TimeSeriesStore]:
+    def open_postgres(**options: Any) -> AbstractAsyncContextManager[TimeSeriesStore]:
         return PostgresStore(dsn, schema=schema, **options)
 
     yield open_postgres
@@ -201,6 +205,35 @@ async def test_latest_is_in_byte_order_of_device_then_metric(store: TimeSeriesSt
     got = [(v.device_id, v.metric) for v in await store.latest()]
     assert got == [(name, metric) for name in sorted(names) for metric in "ab"]
     assert sorted(names) == ["Dev-3", "dev-10", "dev-2", "dev_1"]
+
+
+def test_latest_values_are_the_values_the_class_makes() -> None:
+    # built without the dataclass's __init__, for speed: they must be indistinguishable
+    rows = [("ups", "load", 1.5, 0, "good"), ("ups", "temp", -2.0, 1_500, "bad")]
+    built = latest_values(rows, lambda ms: T0 + timedelta(milliseconds=ms))
+    expected = [
+        LatestValue("ups", "load", 1.5, T0, Quality.GOOD),
+        LatestValue("ups", "temp", -2.0, T0 + timedelta(seconds=1.5), Quality.BAD),
+    ]
+    assert built == expected
+    assert [hash(v) for v in built] == [hash(v) for v in expected]
+    assert [repr(v) for v in built] == [repr(v) for v in expected]
+    with pytest.raises(AttributeError):
+        built[0].value = 2.0  # type: ignore[misc]
+
+
+def test_the_collector_is_paused_and_then_left_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the application's choice stands
+    finally:
+        gc.enable()
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -630,14 +663,39 @@ def all_recomputed(kept: Stored) -> dict[tuple[str, str, Resolution], list[Rollu
 WIDE = {"start": T0 - timedelta(days=2), "end": T0 + timedelta(days=3)}
 
 
-async def test_rollups_equal_a_recomputation_from_raw(store: TimeSeriesStore) -> None:
+async def test_rollups_equal_a_recomputation_from_raw(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
     rng = random.Random(20260302)
     batches = shuffled_batches(rng, random_readings(rng, 600, T0 - timedelta(minutes=20), 3))
     for batch in batches:
         await store.write(batch)
     expected = all_recomputed(stored(batches))
-    assert await all_rollups(store, **WIDE) == expected
     assert sum(len(rows) for rows in expected.values()) > 300  # many buckets, most shared
+    # pending: computed from raw on reading; maintained: stored, and nothing left pending
+    assert await all_rollups(store, **WIDE) == expected
+    assert await pending_series(store, request) == len(SERIES)
+    assert await store.maintain_rollups() == len(SERIES)
+    assert await pending_series(store, request) == 0
+    assert await all_rollups(store, **WIDE) == expected
+    assert await store.maintain_rollups() == 0
+
+
+async def test_maintenance_between_batches_keeps_the_rollups_exact(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
+    # maintained every few batches, as the store's task does: late readings and replays land
+    # in buckets already computed, which must be recomputed rather than added to
+    rng = random.Random(17)
+    batches = shuffled_batches(rng, random_readings(rng, 600, T0 - timedelta(minutes=20), 3))
+    for number, batch in enumerate(batches):
+        await store.write(batch)
+        if number % 3 == 2:
+            await store.maintain_rollups()
+            assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches[: number + 1]))
+    await store.maintain_rollups()
+    assert await pending_series(store, request) == 0
+    assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
 
 
 async def test_a_replayed_batch_leaves_the_rollups_unchanged(store: TimeSeriesStore) -> None:
@@ -649,22 +707,102 @@ async def test_a_replayed_batch_leaves_the_rollups_unchanged(store: TimeSeriesSt
     batches.append([Reading("ups", "load", 1.0, twice), Reading("ups", "load", 2.0, twice)])
     for batch in batches:
         await store.write(batch)
+    await store.maintain_rollups()
     before = await all_rollups(store, **WIDE)
     for batch in reversed(batches):
         await store.write(batch)
     await store.write([Reading(r.device_id, r.metric, -r.value, r.ts) for r in readings[::7]])
     await store.write(readings[100:] + readings[:100])
     assert await all_rollups(store, **WIDE) == before == all_recomputed(stored(batches))
+    await store.maintain_rollups()
+    assert await all_rollups(store, **WIDE) == before
 
 
-async def test_concurrent_batches_keep_the_rollups_exact(store: TimeSeriesStore) -> None:
-    # overlapping batches at once: on PostgreSQL they run on several connections, racing for
-    # the same buckets and (with the replays) the same readings
+async def test_concurrent_batches_and_maintenance_keep_the_rollups_exact(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
+    # overlapping batches and maintenance runs at once: on PostgreSQL they run on several
+    # connections, racing for the same series' marks and (with the replays) the same readings
     rng = random.Random(11)
     readings = random_readings(rng, 400, T0, 1)
     batches = [rng.sample(readings, 80) for _ in range(12)]
-    await asyncio.gather(*(store.write(batch) for batch in batches))
-    assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+    await asyncio.gather(
+        *(store.write(batch) for batch in batches),
+        *(store.maintain_rollups() for _ in range(4)),
+    )
+    # and many short rounds, so that writes land while a maintenance is between reading a
+    # series' readings and clearing its mark
+    for _ in range(40):
+        round_batches = [rng.sample(readings, 10) for _ in range(3)]
+        batches += round_batches
+        await asyncio.gather(
+            store.maintain_rollups(),
+            *(store.write(batch) for batch in round_batches),
+            store.maintain_rollups(),
+        )
+    expected = all_recomputed(stored(batches))
+    assert await all_rollups(store, **WIDE) == expected
+    await store.maintain_rollups()
+    assert await pending_series(store, request) == 0
+    assert await all_rollups(store, **WIDE) == expected
+
+
+async def test_the_store_maintains_its_rollups_by_itself(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    rng = random.Random(23)
+    readings = random_readings(rng, 200, T0, 2)
+    async with opener(rollup_interval=0.05) as store:
+        await store.write(readings)
+        assert await pending_series(store, request) == len(SERIES)
+
+        async def caught_up() -> bool:
+            return await pending_series(store, request) == 0
+
+        await wait_for(caught_up, timeout=10, what="the store's own rollup maintenance")
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored([readings]))
+        # and again after the next write, a late one
+        await store.write([Reading("ups", "load", 0.25, T0 - timedelta(minutes=1))])
+        assert await pending_series(store, request) == 1
+        await wait_for(caught_up, timeout=10, what="the store's own rollup maintenance")
+
+
+async def test_a_store_told_not_to_maintain_leaves_it_to_the_caller(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    async with opener(rollup_interval=None) as store:
+        await store.write([Reading("ups", "load", 1.0, T0)])
+        assert await pending_series(store, request) == 1
+        assert await store.maintain_rollups() == 1
+        assert await pending_series(store, request) == 0
+
+
+@pytest.mark.parametrize("interval", [0, -1.0])
+def test_the_rollup_interval_is_checked(interval: float) -> None:
+    with pytest.raises(ValueError, match="rollup_interval"):
+        SqliteStore("unused.sqlite", rollup_interval=interval)
+    with pytest.raises(ValueError, match="rollup_interval"):
+        PostgresStore("postgresql://unused", rollup_interval=interval)
+
+
+async def pending_series(store: TimeSeriesStore, request: pytest.FixtureRequest) -> int:
+    """How many series the store has marked pending, read from its tables behind its back."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            row = db.execute("SELECT count(*) FROM latest WHERE pending_from_ms IS NOT NULL")
+            count = int(row.fetchone()[0])
+        db.close()
+        return count
+    assert isinstance(store, PostgresStore)
+    conn = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
+    try:
+        return int(
+            await conn.fetchval(
+                f'SELECT count(*) FROM "{store.schema}".latest WHERE pending_from IS NOT NULL'
+            )
+        )
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True)
@@ -722,16 +860,88 @@ async def test_history_from_rollups_equals_history_from_raw(
     store: TimeSeriesStore, aggregate: Aggregate
 ) -> None:
     rng = random.Random(5)
-    for batch in shuffled_batches(rng, random_readings(rng, 800, T0 - timedelta(minutes=30), 3)):
+    batches = shuffled_batches(rng, random_readings(rng, 800, T0 - timedelta(minutes=30), 3))
+    # maintained up to two thirds; the rest, late readings and replays among them, pending
+    cut = len(batches) * 2 // 3
+    for batch in batches[:cut]:
         await store.write(batch)
-    for start, end in WINDOWS.values():
-        for step in (60, 300, 3600, 7200):
-            query = Query(start, end, step, aggregate)
-            for device_id, metric in SERIES:
-                raw = await query.ask(store, device_id, metric, "raw")
-                assert raw, query
-                assert await query.ask(store, device_id, metric) == raw, (query, device_id, metric)
-                assert await query.ask(store, device_id, metric, "1m") == raw, (query, device_id)
+    await store.maintain_rollups()
+    for batch in batches[cut:]:
+        await store.write(batch)
+    for maintained in (False, True):
+        if maintained:
+            await store.maintain_rollups()
+        for start, end in WINDOWS.values():
+            for step in (60, 300, 3600, 7200):
+                query = Query(start, end, step, aggregate)
+                for device_id, metric in SERIES:
+                    where = (query, device_id, metric, maintained)
+                    raw = await query.ask(store, device_id, metric, "raw")
+                    assert raw, where
+                    assert await query.ask(store, device_id, metric) == raw, where
+                    assert await query.ask(store, device_id, metric, "1m") == raw, where
+
+
+async def test_history_reads_rollups_up_to_the_pending_time_and_raw_after_it(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
+    # a late reading marks its series pending from its own time: history must fold it in
+    # although the stored hour and minute rollups do not have it yet, and must not count the
+    # readings before it twice
+    await store.write([Reading("ups", "load", float(n), at(n * 60)) for n in range(180)])
+    await store.maintain_rollups()
+    late = Reading("ups", "load", 1000.0, at(30 * 60 + 30))
+    await store.write([late])
+    assert await pending_series(store, request) == 1
+    query = Query(T0, at(3 * 3600), 3600, "count")
+    assert [b.value for b in await query.ask(store, "ups", "load")] == [61.0, 60.0, 60.0]
+    assert [b.value for b in await query.ask(store, "ups", "load", "raw")] == [61.0, 60.0, 60.0]
+    [hour] = await store.rollups("ups", "load", "1h", start=T0, end=at(3600))
+    assert (hour.count, hour.max_value, hour.last_value) == (61, 1000.0, 59.0)
+    await store.maintain_rollups()
+    assert [b.value for b in await query.ask(store, "ups", "load")] == [61.0, 60.0, 60.0]
+    assert await store.rollups("ups", "load", "1h", start=T0, end=at(3600)) == [hour]
+
+
+# plan_history with a pending mark, in minutes from T0 (pure logic: which table serves what)
+PLANS: dict[str, tuple[float, float, int, float | None, list[tuple[Resolution, float, float]]]] = {
+    "nothing-pending": (0, 180, 3600, None, [("1h", 0, 180)]),
+    "pending-after-the-window": (0, 180, 3600, 200, [("1h", 0, 180)]),
+    "pending-at-the-end": (0, 180, 3600, 180, [("1h", 0, 180)]),
+    # hours up to the pending one, its minutes up to the pending minute, raw from there
+    "pending-inside": (0, 180, 3600, 90.5, [("1h", 0, 60), ("1m", 60, 90), ("raw", 90, 180)]),
+    "pending-on-an-hour": (0, 180, 3600, 120, [("1h", 0, 120), ("raw", 120, 180)]),
+    "pending-from-the-start": (0, 180, 3600, 0, [("raw", 0, 180)]),
+    "pending-before-the-window": (0, 180, 3600, -30, [("raw", 0, 180)]),
+    # a ragged start: raw, minutes, hours, then raw from the pending time
+    "ragged-and-pending": (
+        10.5,
+        180,
+        3600,
+        150,
+        [("raw", 10.5, 11), ("1m", 11, 60), ("1h", 60, 120), ("1m", 120, 150), ("raw", 150, 180)],
+    ),
+    # a step the minutes serve but the hours do not
+    "minutes-only": (0, 30, 300, 12.25, [("1m", 0, 12), ("raw", 12, 30)]),
+}
+
+
+@pytest.mark.parametrize("case", PLANS.values(), ids=PLANS.keys())
+def test_plan_history_reads_rollups_only_before_the_pending_time(
+    case: tuple[float, float, int, float | None, list[tuple[Resolution, float, float]]],
+) -> None:
+    start, end, step, pending, expected = case
+    minute = 60_000
+    base = ms(T0)
+    segments = plan_history(
+        base + int(start * minute),
+        base + int(end * minute),
+        step,
+        pending_from_ms=None if pending is None else base + int(pending * minute),
+    )
+    assert [
+        (s.resolution, (s.start_ms - base) / minute, (s.end_ms - base) / minute) for s in segments
+    ] == expected
 
 
 # --- retention ------------------------------------------------------------------------------
@@ -855,6 +1065,32 @@ async def test_a_reading_older_than_the_raw_horizon_goes_only_into_latest(
     ]
 
 
+async def test_a_batch_across_the_raw_horizon_is_split_by_it(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
+    await store.write([Reading("ups", "load", 1.0, T0)])
+    await store.apply_retention(T0 + timedelta(days=91))  # the raw horizon: T0 + 1 day
+    horizon = T0 + timedelta(days=1)
+    old, new = horizon - timedelta(minutes=5), horizon + timedelta(minutes=5)
+    # in one batch: a new series only from before the horizon, one from both sides of it
+    await store.write(
+        [
+            Reading("fridge", "temp", 4.0, old),
+            Reading("ups", "load", 2.0, new),
+            Reading("ups", "load", 3.0, old),
+        ]
+    )
+    assert await pending_series(store, request) == 1  # ups, from its new reading
+    await store.maintain_rollups()
+    day = Query(horizon - timedelta(hours=1), horizon + timedelta(hours=1), 3600, "count")
+    assert [(b.start, b.value) for b in await day.ask(store, "ups", "load")] == [(horizon, 1.0)]
+    assert await day.ask(store, "fridge", "temp") == []
+    assert [(v.device_id, v.value, v.ts) for v in await store.latest()] == [
+        ("fridge", 4.0, old),
+        ("ups", 2.0, new),
+    ]
+
+
 async def test_retention_alongside_replays_counts_nothing_twice(store: TimeSeriesStore) -> None:
     # replays of readings on both sides of the coming raw horizon (T0 + 1 day), written while
     # retention deletes: none may be stored again below the horizon and merged a second time
@@ -927,6 +1163,46 @@ async def test_a_store_from_before_rollups_builds_them_on_opening(
         assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
         await store.write(batches[0])
         assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+
+
+async def test_a_store_from_before_pending_marks_gains_them_on_opening(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    # version 2 kept its rollups on write: complete, with nothing pending and no column for it
+    rng = random.Random(29)
+    batches = shuffled_batches(rng, random_readings(rng, 300, T0, 2))
+    async with opener() as store:
+        for batch in batches[:-3]:
+            await store.write(batch)
+        await store.maintain_rollups()
+    await downgrade_to_version_2(store, request)
+    async with opener() as store:
+        assert await pending_series(store, request) == 0
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches[:-3]))
+        for batch in batches[-3:]:
+            await store.write(batch)
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+        await store.maintain_rollups()
+        assert await all_rollups(store, **WIDE) == all_recomputed(stored(batches))
+
+
+async def downgrade_to_version_2(store: TimeSeriesStore, request: pytest.FixtureRequest) -> None:
+    """Make a closed store look as version 2 left it: no pending marks on ``latest``."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("ALTER TABLE latest DROP COLUMN pending_from_ms")
+            db.execute("PRAGMA user_version=2")
+        db.close()
+        return
+    assert isinstance(store, PostgresStore)
+    conn = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
+    try:
+        await conn.execute(f'ALTER TABLE "{store.schema}".latest DROP COLUMN pending_from')
+        await conn.execute(
+            f"UPDATE \"{store.schema}\".meta SET value = '2' WHERE key = 'schema_version'"
+        )
+    finally:
+        await conn.close()
 
 
 async def downgrade_to_version_1(store: TimeSeriesStore, request: pytest.FixtureRequest) -> None:

@@ -2,30 +2,27 @@
 time-series contract (``TimeSeriesStore``) for a practice that outgrows one file."""
 
 from core.store.models import (
-    Alarm,
     Bucket,
     DeviceStatus,
     LatestValue,
-    MaintenanceDue,
-    Notice,
-    PlanState,
+    RetentionRun,
+    Rollup,
     StoredDeadLetter,
 )
 from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
-from core.store.timeseries import AGGREGATES, Aggregate, TimeSeriesStore
+from core.store.timeseries import AGGREGATES, Aggregate, Retention, TimeSeriesStore
 
 __all__ = [
     "AGGREGATES",
     "Aggregate",
-    "Alarm",
     "Bucket",
     "DeviceStatus",
     "LatestValue",
-    "MaintenanceDue",
-    "Notice",
-    "PlanState",
     "PostgresStore",
+    "Retention",
+    "RetentionRun",
+    "Rollup",
     "SqliteStore",
     "StoredDeadLetter",
     "TimeSeriesStore",

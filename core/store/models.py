@@ -8,13 +8,9 @@ from datetime import datetime
 from core.records import Quality
 
 __all__ = [
-    "Alarm",
     "Bucket",
     "DeviceStatus",
     "LatestValue",
-    "MaintenanceDue",
-    "Notice",
-    "PlanState",
     "RetentionRun",
     "Rollup",
     "StoredDeadLetter",
@@ -75,62 +71,6 @@ class DeviceStatus:
     online: bool
     since: datetime
     reason: str
-
-
-@dataclass(slots=True)
-class PlanState:
-    """What the rules remember about one plan between evaluations.
-
-    ``usage`` is the counter usage accumulated since the last completed service, built from
-    deltas so that a wrap or reset never makes it negative. ``cycle`` counts completions, so
-    the n-th due occurrence of a plan has one stable identity.
-    """
-
-    plan_id: str
-    device_id: str
-    started: datetime
-    cycle: int = 0
-    usage: float = 0.0
-    first_value: float | None = None
-    last_raw: float | None = None
-    last_ts: datetime | None = None
-    last_completed: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceDue:
-    id: int
-    plan_id: str
-    device_id: str
-    cycle: int
-    basis: str
-    detail: str
-    due_at: datetime | None
-    due_value: float | None
-    detected: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Alarm:
-    id: int
-    device_id: str
-    type: str
-    severity: str
-    message: str
-    active: bool
-    acknowledged: bool
-    count: int
-    first_seen: datetime
-    last_seen: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    id: int
-    kind: str
-    device_id: str
-    subject: str
-    created: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,37 +10,55 @@ suite against both. Conventions shared by every method:
 - writes are idempotent on each record's natural key, so an outbox may replay a batch after a
   crash without creating duplicates.
 
-Rollups and retention. Besides the raw readings, every backend keeps two rollup tables,
-``readings_1m`` and ``readings_1h``: per (device, metric, bucket start) the min, max, sum and
-count of the bucket's readings and the value and time of its newest one, from which min, max,
-mean, last and count of any coarser, aligned bucket follow exactly. They are kept on write, in
-the same transaction as the raw insert, by merging in the readings that the insert actually
-added: a replayed reading adds nothing to raw, so it adds nothing to the rollups either, and a
-late one merges like any other (min, max, sum and count do not care about order; last compares
-times). Merging rather than recomputing buckets from raw keeps the cost per batch proportional
-to the batch, and stays exact under PostgreSQL's concurrent writers (an upsert's increment
-applies to the row as committed, where a recomputation could overwrite a concurrent one).
+Rollups. Besides the raw readings, every backend keeps two rollup tables, ``readings_1m`` and
+``readings_1h``: per (device, metric, bucket start) the min, max, sum and count of the bucket's
+readings and the value and time of its newest one, from which min, max, mean, last and count of
+any coarser, aligned bucket follow exactly.
 
-``apply_retention`` deletes raw readings, minute rollups and hour rollups older than their
-periods (``Retention``) and records each cutoff as that table's horizon. Horizons are whole
-hours, so a rollup bucket is either wholly kept or wholly gone and never half covered by raw;
-and a reading older than the raw horizon is past retention when it arrives: it goes into
-``latest`` by the usual rule (a newer latest wins) but neither into raw nor into the rollups,
-where merging it again would count it twice. Because raw_days <= minute_days <= hour_days, a
-coarser table covers at least the time a finer one does, so ``history`` reads the coarsest
-table its step allows (see ``plan_history``) and gets the same buckets raw would give, also
-after raw is gone. ``latest`` is never touched by retention.
+They are kept off the write path. A write inserts the raw readings and upserts ``latest``, and
+keeps on each series' ``latest`` row the oldest time written to the series since its rollups
+were last recomputed (``pending_from``, NULL when none): the rollups are exact for every bucket
+that ends before that time, and may be stale from there on.
+``maintain_rollups`` then recomputes, series by series, the minute buckets from the pending
+time's minute on from raw, and the hour buckets from that hour on from the minutes, and clears
+the mark, all in one transaction per group of series. Recomputing rather than merging is what
+keeps them exact whatever arrives: a replayed reading changes nothing in raw, so recomputing
+gives the same bucket again; a late one moves the mark back to its own time, and its bucket is
+recomputed with it. Each store runs ``maintain_rollups`` itself, ``rollup_interval`` seconds
+after a write (60 by default, so that a minute bucket is mostly computed once, when it has
+closed); a caller may run it at any time.
+
+Reads never see the lag: ``history`` reads rollups only for buckets that end before the series'
+``pending_from`` and raw from there (see ``plan_history``), and ``rollups`` computes the pending
+buckets from raw in the same way; both read in one snapshot.
+
+Retention. ``apply_retention`` deletes raw readings, minute rollups and hour rollups older than
+their periods (``Retention``) and records each cutoff as that table's horizon. Horizons are whole
+hours, so a rollup bucket is either wholly kept or wholly gone and never half covered by raw.
+Before the raw horizon moves, the rollups of every series pending below it are brought up to
+date, in the same transaction, since the raw readings they need are about to go. A reading older
+than the raw horizon is past retention when it arrives: it goes into ``latest`` by the usual rule
+(a newer latest wins) but neither into raw nor into the rollups, and it marks nothing pending.
+Because raw_days <= minute_days <= hour_days, a coarser table covers at least the time a finer
+one does, so ``history`` reads the coarsest table its step allows and gets the same buckets raw
+would give, also after raw is gone; and the minute rows an hour is recomputed from are always
+still there. ``latest`` is never touched by retention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import asyncio
+import gc
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from core.counters import counter_delta
-from core.records import FaultEvent, Record, StatusChange
+from core.errors import StoreError
+from core.records import FaultEvent, Quality, Record, StatusChange
 from core.store.models import Bucket, LatestValue, RetentionRun, Rollup
 
 __all__ = [
@@ -50,7 +68,9 @@ __all__ = [
     "RAW_DAYS",
     "RESOLUTIONS",
     "ROLLUPS",
+    "ROLLUP_INTERVAL",
     "Aggregate",
+    "ChunkSize",
     "Partial",
     "Resolution",
     "Retention",
@@ -58,8 +78,11 @@ __all__ = [
     "TimeSeriesStore",
     "UsageFold",
     "check_history",
+    "collector_paused",
+    "latest_values",
     "merge_partials",
     "plan_history",
+    "start_maintenance",
 ]
 
 Aggregate = Literal["min", "max", "mean", "last", "count"]
@@ -78,6 +101,13 @@ ROLLUPS: dict[Resolution, int] = {"1h": 3_600_000, "1m": 60_000}
 
 RAW_DAYS, MINUTE_DAYS, HOUR_DAYS = 90, 365, 730
 """The default retention periods, in days; see ``Retention`` for why."""
+
+ROLLUP_INTERVAL = 60.0
+"""Seconds from a write to the store's own ``maintain_rollups``: long enough that most minute
+buckets have closed and are computed once, short enough that history rarely reads more than a
+minute of raw per series for the part the rollups do not cover yet."""
+
+log = logging.getLogger(__name__)
 
 _HOUR_MS = ROLLUPS["1h"]
 _DAY_MS = 86_400_000
@@ -143,15 +173,90 @@ class Retention:
         return {tier: _floor(now_ms - days * _DAY_MS, _HOUR_MS) for tier, days in periods.items()}
 
 
+_QUALITIES = {quality.value: quality for quality in Quality}
+
+
+def latest_values(
+    rows: Iterable[Any], to_datetime: Callable[[Any], datetime] | None = None
+) -> list[LatestValue]:
+    """``LatestValue`` of each row (device_id, metric, value, ts, quality as stored), for
+    ``latest()``, which builds one per series: 10,000 in a large practice, against a 20 ms
+    budget. ``to_datetime`` turns a stored time into a datetime, once per distinct time (a
+    device's metrics mostly share one); None when the driver already gives datetimes.
+
+    Some 2.5 times as fast as calling the class: the dataclass is frozen, so its generated
+    ``__init__`` sets every field through ``object.__setattr__``; this sets the slots
+    directly, which is what that ends up doing. The quality is looked up in a table rather
+    than by calling the enum."""
+    set_device, set_metric, set_value, set_ts, set_quality = _LATEST_SETTERS
+    new, qualities = object.__new__, _QUALITIES
+    times: dict[Any, datetime] = {}
+    values = []
+    for device_id, metric, value, stored, quality in rows:
+        if to_datetime is None:
+            ts = stored
+        else:
+            ts = times.get(stored)
+            if ts is None:
+                ts = times[stored] = to_datetime(stored)
+        latest = new(LatestValue)
+        set_device(latest, device_id)
+        set_metric(latest, metric)
+        set_value(latest, value)
+        set_ts(latest, ts)
+        set_quality(latest, qualities[quality])
+        values.append(latest)
+    return values
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused for a ``latest()``, which makes some 10,000 records
+    and as many values at once, none of them in a cycle, all freed by reference counting once
+    the caller is done. Left running, it would run a dozen times meanwhile and move them all
+    into the oldest generation, whose full collections (every few calls, traversing every
+    object of the process: some 100 ms in a process of 200,000) they would then set off. It
+    stays paused across the query's await too, some milliseconds: the event loop's other work
+    meanwhile only collects later. A collector already paused by the application stays so."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _latest_setters() -> tuple[Callable[[LatestValue, Any], None], ...]:
+    names = [field.name for field in fields(LatestValue)]
+    if names != ["device_id", "metric", "value", "ts", "quality"]:
+        raise TypeError(f"LatestValue's fields are now {names}: update latest_values")
+    return tuple(getattr(LatestValue, name).__set__ for name in names)
+
+
+_LATEST_SETTERS = _latest_setters()
+
+
 class TimeSeriesStore(Protocol):
     """What the rules and the API read and write, whatever the backend."""
 
     async def write(self, records: Sequence[Record]) -> None:
-        """Store a batch in one transaction, rollups included.
+        """Store a batch in one transaction: raw readings, ``latest`` and the pending marks
+        that ``maintain_rollups`` works from (the rollups themselves follow there).
 
         Idempotent: readings on (device, metric, ts), faults on (device, code, ts, active),
         status changes on (device, ts); a replayed record changes nothing, rollups included.
         A reading older than the raw horizon (see ``apply_retention``) only updates ``latest``.
+        """
+
+    async def maintain_rollups(self) -> int:
+        """Bring the rollups of every series with readings written since its last maintenance
+        up to date; how many series that was.
+
+        The store runs this itself ``rollup_interval`` seconds after a write; reads are exact
+        without it (see the module's notes), so calling it is only ever about when the work is
+        done. Safe to run alongside writes and retention, and to repeat.
         """
 
     async def latest(self, device_ids: Sequence[str] | None = None) -> list[LatestValue]:
@@ -177,15 +282,18 @@ class TimeSeriesStore(Protocol):
         before ``start`` (it only holds readings from ``start`` on). Empty buckets are omitted.
 
         Read from the coarsest table the step allows (``plan_history``), or from no coarser
-        one than ``resolution``; the buckets are the same whichever serves them (a mean up to
-        floating-point rounding, as its sum is added up in another order).
+        one than ``resolution``, and from raw where the series' rollups are pending; the
+        buckets are the same whichever serves them (a mean up to floating-point rounding, as
+        its sum is added up in another order).
         """
 
     async def rollups(
         self, device_id: str, metric: str, resolution: Resolution, *, start: datetime, end: datetime
     ) -> list[Rollup]:
-        """The stored rollups (``resolution`` "1m" or "1h") of one series whose bucket starts
-        in [start, end), oldest first: for checks and exports; charts use ``history``."""
+        """The rollups (``resolution`` "1m" or "1h") of one series whose bucket starts in
+        [start, end), oldest first: for checks and exports; charts use ``history``. Buckets
+        whose rollups are pending are computed from raw, so the answer is what
+        ``maintain_rollups`` will store."""
 
     async def usage(self, device_id: str, metric: str, *, start: datetime, end: datetime) -> float:
         """Units a counter counted in [start, end), in the counter's raw units.
@@ -227,7 +335,8 @@ class TimeSeriesStore(Protocol):
 
         Meant to be called on a timer (hourly, say: cutoffs move by whole hours). Safe to
         repeat and to run alongside writes: the new horizons are recorded first, in their own
-        short transaction, and the deletions follow in small ones.
+        short transaction together with the rollups still pending below the raw one, and the
+        deletions follow in small ones.
         """
 
 
@@ -262,7 +371,11 @@ class Segment:
 
 
 def plan_history(
-    start_ms: int, end_ms: int, step_seconds: int, resolution: Resolution | None = None
+    start_ms: int,
+    end_ms: int,
+    step_seconds: int,
+    resolution: Resolution | None = None,
+    pending_from_ms: int | None = None,
 ) -> list[Segment]:
     """The pieces of [start_ms, end_ms), oldest first, and the table each is read from.
 
@@ -272,13 +385,24 @@ def plan_history(
     reads raw to 09:18, minute rollups to 10:00 and hour rollups from there: the same readings
     as raw alone, in a few dozen rows rather than thousands. Each rollup bucket lies inside
     one history bucket, since both are aligned to the epoch and the step is a multiple.
+
+    ``pending_from_ms`` is where the series' rollups stop being exact (its ``latest`` row's
+    mark, None when nothing is pending): from there on raw serves, and the rollups only up to
+    it, a bucket that straddles it going to the finer tables like a ragged end.
     """
     step_ms = step_seconds * 1000
     tiers = [tier for tier, width in ROLLUPS.items() if step_ms % width == 0]
     if resolution is not None:
         ceiling = RESOLUTIONS.index(resolution)
         tiers = [tier for tier in tiers if RESOLUTIONS.index(tier) <= ceiling]
-    return _plan(start_ms, end_ms, tiers)
+    if pending_from_ms is None or pending_from_ms >= end_ms:
+        return _plan(start_ms, end_ms, tiers)
+    if pending_from_ms <= start_ms:
+        return [Segment("raw", start_ms, end_ms)]
+    exact = _plan(start_ms, pending_from_ms, tiers)
+    if exact[-1].resolution == "raw":  # one range scan rather than two that meet
+        return [*exact[:-1], Segment("raw", exact[-1].start_ms, end_ms)]
+    return [*exact, Segment("raw", pending_from_ms, end_ms)]
 
 
 def _plan(start_ms: int, end_ms: int, tiers: Sequence[Resolution]) -> list[Segment]:
@@ -369,3 +493,61 @@ class UsageFold:
         if self._previous is not None:
             self.usage += counter_delta(self._previous, counter, width)
         self._previous = counter
+
+
+class ChunkSize:
+    """How many series the next rollup maintenance transaction takes.
+
+    A maintenance transaction holds up writes while it runs (SQLite's one connection; on
+    PostgreSQL the ``latest`` rows of its series), and how long one series takes depends on how
+    much was written since its last maintenance: a minute of readings in service, far more
+    while a backlog is loaded. So the size adapts, aiming at ``target`` seconds a transaction:
+    scaled by target over the time the last one took, at most doubling a step.
+    """
+
+    __slots__ = ("most", "size", "target")
+
+    def __init__(self, *, first: int = 100, most: int = 1000, target: float = 0.1) -> None:
+        self.size = first
+        self.most = most
+        self.target = target
+
+    def took(self, seconds: float) -> None:
+        """The last transaction, of ``size`` series, took ``seconds``."""
+        scaled = self.size * self.target / max(seconds, 1e-6)
+        self.size = max(1, min(self.most, 2 * self.size, round(scaled)))
+
+
+def start_maintenance(
+    store: TimeSeriesStore, written: asyncio.Event, delay: float, name: str
+) -> asyncio.Task[None]:
+    """Start a store's own rollup task (``name``): ``delay`` seconds after a write (which sets
+    ``written``), maintain the rollups. The store starts it on opening and cancels it on
+    closing; a failure other than a ``StoreError`` (which is retried) is a bug, logged with
+    its traceback as soon as it ends the task."""
+    task = asyncio.create_task(_maintain_after_writes(store, written, delay), name=name)
+    task.add_done_callback(_report_failure)
+    return task
+
+
+async def _maintain_after_writes(
+    store: TimeSeriesStore, written: asyncio.Event, delay: float
+) -> None:
+    """The delay is a schedule, not a wait for something: it gathers the writes of a while,
+    so that a minute bucket is mostly computed once, when it has closed, rather than after
+    every batch. A failure is logged and retried after the same delay: reads stay exact
+    meanwhile, only slower."""
+    while True:
+        await written.wait()
+        await asyncio.sleep(delay)
+        written.clear()
+        try:
+            await store.maintain_rollups()
+        except StoreError as exc:
+            log.warning("rollups: %s; trying again in %gs", exc, delay)
+            written.set()
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s stopped: rollups are no longer maintained", task.get_name(), exc_info=exc)
