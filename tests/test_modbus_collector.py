@@ -477,20 +477,21 @@ async def test_breaker_opens_backs_off_and_closes_when_the_device_answers_again(
     assert isinstance(device.source, ModbusSource)
     reads = len(plan_requests(device.source.registers, device.source.max_gap))
     closed_gaps, backoff_gaps, after = gaps[:2], gaps[2:failed], gaps[failed + reads :]
-    assert all(g == pytest.approx(0.1, abs=0.03) for g in closed_gaps)  # every interval
+    # tolerances tell an interval (0.1 s) from a backoff (at least 0.2 s) on a loaded machine
+    assert all(g == pytest.approx(0.1, abs=0.05) for g in closed_gaps)  # every interval
     assert len(backoff_gaps) >= 3
     timeout = 0.05
     # growing: each wait (gap minus the timeout it followed) at least the one before, to the cap
     waits = [g - timeout for g in backoff_gaps]
-    assert waits[1] >= waits[0] - 0.02
-    assert waits[2] >= waits[1] - 0.02
+    assert waits[1] >= waits[0] - 0.04
+    assert waits[2] >= waits[1] - 0.04
     assert waits[0] >= 0.1 - 0.01  # half of two intervals at least
-    assert max(waits) <= 0.8 + 0.03
+    assert max(waits) <= 0.8 + 0.06
     assert max(waits) > 2 * 0.1  # well beyond the interval: it did back off
     # closed again: every interval
     poll_gaps = [sum(after[i : i + reads]) for i in range(0, len(after) - reads + 1, reads)]
     assert poll_gaps
-    assert all(g == pytest.approx(0.1, abs=0.03) for g in poll_gaps)
+    assert all(g == pytest.approx(0.1, abs=0.05) for g in poll_gaps)
 
 
 # --- a hundred devices, one dead and one busy -------------------------------------------
@@ -590,4 +591,5 @@ async def test_a_hundred_devices_keep_their_schedule_around_a_dead_and_a_busy_un
     # a request queued behind the dead unit waited for its one timeout, no more
     waits = {port: endpoint.wait_max for (_, port), endpoint in collector.endpoints.items()}
     assert waits[ports[0]] < timeout + 0.1
-    assert max(waits[port] for port in ports[1:]) < 0.1
+    # other gateways never waited behind it: a wait there would last its whole timeout
+    assert max(waits[port] for port in ports[1:]) < timeout
