@@ -17,6 +17,7 @@ from api.deps import PlanStandings, Reader, SeriesReader
 from api.fhir import routes as fhir
 from api.fhir.ids import FhirIds
 from api.metrics import ApiMetrics, MetricsMiddleware, route_templates
+from api.page import install_page
 from api.params import ERRORS
 from api.problems import FHIR_JSON, FHIR_PREFIX, PROBLEM_JSON, install_problem_handlers
 from api.routes import alarms, devices, maintenance, work_orders
@@ -104,6 +105,7 @@ def create_app(
     for module in (devices, maintenance, work_orders, alarms):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERRORS)
     app.include_router(fhir.router)
+    install_page(app)
 
     @app.get(f"{API_PREFIX}/me", response_model=WhoAmI, tags=["access"], responses=ERRORS)
     async def whoami(principal: Reader) -> WhoAmI:
