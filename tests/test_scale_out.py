@@ -418,3 +418,122 @@ async def test_one_rules_engine_leads_and_a_standby_takes_over_with_one_notice(
 
 async def _passes_beyond(http: httpx.AsyncClient, process: Process, wanted: float) -> bool:
     return (await scrape(http, process))[("equipwatch_rules_passes_total", "")] >= wanted
+
+
+# --- the three-process layout, as deploy/README.md shows it ----------------------------------
+
+README = Path(__file__).resolve().parent.parent / "deploy" / "README.md"
+README_PORTS = ("8101", "8090", "8000")
+
+
+def readme_commands() -> list[str]:
+    """The shell block of the README's "Three processes on one machine" section."""
+    text = README.read_text()
+    section = text[text.index("## Three processes on one machine") :]
+    block = section[section.index("```sh\n") + len("```sh\n") :]
+    return [line for line in block[: block.index("```")].splitlines() if line.strip()]
+
+
+def test_the_readme_block_is_the_three_role_layout() -> None:
+    commands = readme_commands()
+    roles = [c.split("--role ")[1].split()[0] for c in commands if " run " in c]
+    assert roles == ["collector", "rules", "api"]
+    assert all(c.rstrip().endswith("&") for c in commands if " run " in c)
+
+
+async def test_three_processes_on_one_machine_as_the_readme_shows(
+    dsn: str, broker: str, tmp_path: Path
+) -> None:
+    data = base_site(dsn)
+    autoclave = next(d for d in data["devices"] if d["id"] == "autoclave-1")
+    autoclave["source"]["fields"] = [
+        f for f in autoclave["source"]["fields"] if f["field"] == "cycles_total"
+    ]
+    autoclave["source"]["expected_interval"] = 3600
+    autoclave["plans"] = [p for p in autoclave["plans"] if p["id"] == "autoclave-1-service"]
+    data["devices"] = [autoclave]
+    data["mqtt"] = {"url": broker, "client_id": "collector"}
+    data["rules"] = {"tick": 0.2}
+    write_site(tmp_path / "site.yaml", data)
+    ports = {readme: str(free_port()) for readme in README_PORTS}
+    token = ""
+    api_port = ports["8000"]
+    with processes(tmp_path) as started:
+        curl = ""
+        for command in readme_commands():
+            line = command
+            for readme, port in ports.items():
+                line = line.replace(f"--port {readme}", f"--port {port}")
+                line = line.replace(f":{readme}/", f":{port}/")
+            words = line.rstrip(" &").split()
+            if words[0] == "curl":
+                curl = words[-1]  # made below, once the processes answer
+                continue
+            assert words[0] == "equipwatch", line
+            if line.rstrip().endswith("&"):
+                started.append(spawn(words, tmp_path))
+            else:
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "equipwatch", *words[1:]],
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert done.returncode == 0, f"{line}:\n{done.stdout}{done.stderr}"
+                if words[1:3] == ["token", "create"]:
+                    token = done.stdout.strip()
+        assert token.startswith("ew_")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(timeout=5, headers=headers) as http:
+            await all_ready(http, started)
+            listed = await http.get(curl)
+            assert listed.status_code == 200, listed.text
+            assert [d["id"] for d in listed.json()["items"]] == ["autoclave-1"]
+            topic = autoclave["source"]["topic"]
+            ts = datetime.now(UTC).replace(microsecond=0)
+            body = json.dumps({"ts": ts.isoformat(), "cycles_total": 4500})
+            await asyncio.to_thread(publish_one, broker, topic, body)
+
+            async def online() -> bool:
+                url = f"http://127.0.0.1:{api_port}/api/v1/devices/autoclave-1"
+                device = (await http.get(url)).json()
+                return bool(device["health"]["status"] == "online")
+
+            await wait_for(online, timeout=30, what="the autoclave online through the API")
+
+            async def due() -> list[dict[str, Any]] | None:
+                url = f"http://127.0.0.1:{api_port}/api/v1/maintenance/due"
+                items: list[dict[str, Any]] = (await http.get(url)).json()["items"]
+                return [i for i in items if i["occurrence_id"]] or None
+
+            [item] = await wait_for(due, timeout=30, what="the service to fall due")
+    assert item["plan_id"] == "autoclave-1-service"
+
+
+def spawn(words: list[str], directory: Path) -> Process:
+    """``equipwatch run ... --role R --port P`` in the background, as the shell's ``&``."""
+    port = words[words.index("--port") + 1]
+    name = words[words.index("--role") + 1]
+    log = directory / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "equipwatch", *words[1:]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+        )
+    return Process(name, int(port), popen, log)
+
+
+def publish_one(url: str, topic: str, body: str) -> None:
+    host, port = url.removeprefix("mqtt://").split(":")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="device", protocol=mqtt.MQTTv5)
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        client.publish(topic, body, qos=1).wait_for_publish(timeout=30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
