@@ -109,7 +109,8 @@ async def _demo(args: argparse.Namespace) -> int:
             f"\nequipwatch demo is running "
             f"({len(fleet.targets)} simulated devices, simulated time x{speed:g}).\n"
             + "".join(f"  Not simulated:    {device_id}\n" for device_id in fleet.skipped)
-            + f"  Devices:          {url}/api/v1/devices\n"
+            + f"  Page:             {url}/  (sign in with the API token below)\n"
+            f"  Devices:          {url}/api/v1/devices\n"
             f"  Maintenance due:  {url}/api/v1/maintenance/due\n"
             f"  Alarms:           {url}/api/v1/alarms\n"
             f"  API docs:         {url}/docs\n"
