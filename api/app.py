@@ -26,7 +26,7 @@ from core.clock import Clock
 from core.config import SiteConfig
 from core.db import RecordStore
 
-__all__ = ["API_PREFIX", "Metrics", "Readiness", "create_app", "routes_of"]
+__all__ = ["API_PREFIX", "Metrics", "Readiness", "create_app", "readiness_answer", "routes_of"]
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 """Whether the service can do its job, and the checks behind the answer, for /readyz."""
@@ -59,6 +59,14 @@ _OPERATION_OUTCOME = {
         },
     },
 }
+
+
+async def readiness_answer(readiness: Readiness | None) -> JSONResponse:
+    """/readyz's answer, the same in the API and in a collector's or rules engine's health
+    app: 200 or 503, and the checks behind it."""
+    ready, checks = (True, {}) if readiness is None else await readiness()
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 def create_app(
@@ -130,9 +138,7 @@ def create_app(
         },
     )
     async def readyz(_: Reader) -> JSONResponse:
-        ready, checks = (True, {}) if readiness is None else await readiness()
-        body = {"status": "ready" if ready else "not ready", "checks": checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return await readiness_answer(readiness)
 
     @app.get(
         "/metrics",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from api.app import PROMETHEUS_TEXT, Metrics, Readiness
+from api.app import PROMETHEUS_TEXT, Metrics, Readiness, readiness_answer
 
 __all__ = ["health_app"]
 
@@ -20,9 +20,7 @@ def health_app(*, readiness: Readiness, metrics: Metrics) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready, checks = await readiness()
-        body = {"status": "ready" if ready else "not ready", "checks": checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return await readiness_answer(readiness)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

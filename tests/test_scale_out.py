@@ -217,22 +217,17 @@ async def test_two_collectors_split_one_shared_subscription_and_store_each_messa
 
 
 def publish(url: str, topic: str, count: int) -> None:
-    host, port = url.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="devices", protocol=mqtt.MQTTv5)
-    client.connect(host, int(port))
-    client.loop_start()
-    try:
-        start_ts = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-        infos = []
-        for i in range(count):
-            ts = (start_ts + timedelta(seconds=i)).isoformat()
-            body = json.dumps({"ts": ts, "temperature_c": 4.0 + (i % 7) / 10})
-            infos.append(client.publish(topic, body, qos=1))
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    start_ts = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    bodies = [
+        json.dumps(
+            {
+                "ts": (start_ts + timedelta(seconds=i)).isoformat(),
+                "temperature_c": 4.0 + (i % 7) / 10,
+            }
+        )
+        for i in range(count)
+    ]
+    publish_all(url, topic, bodies)
 
 
 async def _count_at_least(dsn: str, sql: str, wanted: int) -> bool | None:
@@ -494,7 +489,7 @@ async def test_three_processes_on_one_machine_as_the_readme_shows(
             topic = autoclave["source"]["topic"]
             ts = datetime.now(UTC).replace(microsecond=0)
             body = json.dumps({"ts": ts.isoformat(), "cycles_total": 4500})
-            await asyncio.to_thread(publish_one, broker, topic, body)
+            await asyncio.to_thread(publish_all, broker, topic, [body])
 
             async def online() -> bool:
                 url = f"http://127.0.0.1:{api_port}/api/v1/devices/autoclave-1"
@@ -527,13 +522,15 @@ def spawn(words: list[str], directory: Path) -> Process:
     return Process(name, int(port), popen, log)
 
 
-def publish_one(url: str, topic: str, body: str) -> None:
+def publish_all(url: str, topic: str, bodies: list[str]) -> None:
+    """Publish at QoS 1 as one device would, and return once the broker has them all."""
     host, port = url.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="device", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="devices", protocol=mqtt.MQTTv5)
     client.connect(host, int(port))
     client.loop_start()
     try:
-        client.publish(topic, body, qos=1).wait_for_publish(timeout=30)
+        for info in [client.publish(topic, body, qos=1) for body in bodies]:
+            info.wait_for_publish(timeout=30)
     finally:
         client.loop_stop()
         client.disconnect()
