@@ -207,6 +207,83 @@ async def test_latest_is_in_byte_order_of_device_then_metric(store: TimeSeriesSt
     assert sorted(names) == ["Dev-3", "dev-10", "dev-2", "dev_1"]
 
 
+def _latest_key(value: LatestValue) -> tuple[str, str, float, datetime, Quality]:
+    return (value.device_id, value.metric, value.value, value.ts, value.quality)
+
+
+async def test_latest_kept_between_calls_follows_every_kind_of_write(opener: Opener) -> None:
+    """A store that answered ``latest`` before answers after writes from itself and from a
+    second store on the same data (another process) exactly as a store opened afresh."""
+    rng = random.Random(7)
+    devices = [f"dev-{n}" for n in range(12)]
+    async with opener(rollup_interval=None) as reader, opener(rollup_interval=None) as other:
+        assert await reader.latest() == []
+        for round_ in range(8):
+            for writer in (reader, other):
+                batch = [
+                    Reading(
+                        rng.choice(devices),
+                        rng.choice(["load", "temp", "cycles"]),
+                        float(rng.randrange(1000)),
+                        # now and then older than what is stored: must not replace it
+                        at(rng.randrange(round_ * 40, round_ * 40 + 60)),
+                        rng.choice(list(Quality)),
+                    )
+                    for _ in range(rng.randrange(1, 15))
+                ]
+                await writer.write(batch)
+            some = rng.sample(devices, 4)
+            async with opener(rollup_interval=None) as fresh:
+                assert [_latest_key(v) for v in await reader.latest()] == [
+                    _latest_key(v) for v in await fresh.latest()
+                ]
+                assert [_latest_key(v) for v in await reader.latest(some)] == [
+                    _latest_key(v) for v in await fresh.latest(some)
+                ]
+
+
+async def test_latest_answers_are_the_callers_to_keep(store: TimeSeriesStore) -> None:
+    await store.write([Reading("ups", "load", 40.0, T0)])
+    first = await store.latest()
+    first.clear()
+    assert [v.value for v in await store.latest()] == [40.0]
+
+
+async def test_latest_sees_a_transaction_that_commits_after_a_call_began_before_it(
+    pg_dsn: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL assigns transaction ids as transactions start, and they commit in any
+    order: a row written by a transaction still open when ``latest`` was called is read by
+    the next call, though transactions after it committed and were read meanwhile."""
+    schema = schema_name(request.node.name)
+    try:
+        async with PostgresStore(pg_dsn, schema=schema, rollup_interval=None) as store:
+            await store.write([Reading("slow", "load", 1.0, T0)])
+            assert [v.value for v in await store.latest()] == [1.0]
+            slow = await asyncpg.connect(pg_dsn)
+            try:
+                transaction = slow.transaction()
+                await transaction.start()
+                await slow.execute(
+                    f'UPDATE "{schema}".latest SET value = 2.0, '
+                    "changed = pg_current_xact_id() WHERE device_id = 'slow'"
+                )
+                await store.write([Reading("fast", "load", 3.0, T0)])
+                assert [(v.device_id, v.value) for v in await store.latest()] == [
+                    ("fast", 3.0),
+                    ("slow", 1.0),
+                ]
+                await transaction.commit()
+            finally:
+                await slow.close()
+            assert [(v.device_id, v.value) for v in await store.latest()] == [
+                ("fast", 3.0),
+                ("slow", 2.0),
+            ]
+    finally:
+        await drop_schema(pg_dsn, schema)
+
+
 def test_latest_values_are_the_values_the_class_makes() -> None:
     # built without the dataclass's __init__, for speed: they must be indistinguishable
     rows = [("ups", "load", 1.5, 0, "good"), ("ups", "temp", -2.0, 1_500, "bad")]
@@ -1222,6 +1299,47 @@ async def downgrade_to_version_1(store: TimeSeriesStore, request: pytest.Fixture
             await conn.execute(f'DROP TABLE "{store.schema}".{table}')
         await conn.execute(
             f"UPDATE \"{store.schema}\".meta SET value = '1' WHERE key = 'schema_version'"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_store_from_before_change_marks_gains_them_on_opening(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    async with opener(rollup_interval=None) as store:
+        await store.write([Reading("ups", "load", 40.0, T0), Reading("ac-1", "temp", 20.0, T0)])
+    await downgrade_before_change_marks(store, request)
+    async with opener(rollup_interval=None) as store:
+        assert [(v.device_id, v.value) for v in await store.latest()] == [
+            ("ac-1", 20.0),
+            ("ups", 40.0),
+        ]
+        await store.write([Reading("ups", "load", 41.0, minutes(1))])
+        assert [(v.device_id, v.value) for v in await store.latest()] == [
+            ("ac-1", 20.0),
+            ("ups", 41.0),
+        ]
+
+
+async def downgrade_before_change_marks(
+    store: TimeSeriesStore, request: pytest.FixtureRequest
+) -> None:
+    """Make a closed store look as it was before ``latest`` carried change marks (SQLite 3,
+    PostgreSQL 4)."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("ALTER TABLE latest DROP COLUMN seq")
+            db.execute("DROP TABLE latest_seq")
+            db.execute("PRAGMA user_version=3")
+        db.close()
+        return
+    assert isinstance(store, PostgresStore)
+    conn = await asyncpg.connect(request.getfixturevalue("pg_dsn"))
+    try:
+        await conn.execute(f'ALTER TABLE "{store.schema}".latest DROP COLUMN changed')
+        await conn.execute(
+            f"UPDATE \"{store.schema}\".meta SET value = '4' WHERE key = 'schema_version'"
         )
     finally:
         await conn.close()
