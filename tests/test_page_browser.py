@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 import uvicorn
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -88,7 +89,14 @@ def shot(browser: WebDriver, name: str) -> Path:
 
 
 def wait_until(browser: WebDriver, condition: Callable[[WebDriver], object]) -> None:
-    WebDriverWait(browser, WAIT, poll_frequency=0.05).until(condition)
+    # a form's post reloads the page: an element found just before the reload is stale by the
+    # time its text is read, which means "not yet", as a missing one does
+    WebDriverWait(
+        browser,
+        WAIT,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 async def seed(env: ApiEnv) -> tuple[Alarm, WorkOrder]:
