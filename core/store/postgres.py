@@ -516,6 +516,13 @@ class PostgresStore:
             pool.terminate()
             raise
         self._pool = pool
+        try:
+            # latest read whole now, not by the first caller (see SqliteStore.open)
+            await self.latest()
+        except BaseException:
+            self._pool = None
+            pool.terminate()
+            raise
         if self.rollup_interval is not None and self._maintenance is None:
             self._written = asyncio.Event()  # bound to the loop that opened the store
             self._maintenance = start_maintenance(
