@@ -107,43 +107,64 @@ class BatchWriter:
         return self._queue.qsize()
 
     async def run(self) -> None:
-        """Drain until cancelled; on cancellation write what is already queued, then re-raise."""
+        """Drain until cancelled; on cancellation write what is already queued, then re-raise.
+
+        Two batches are in hand at a time: while one is being written, the next is taken from
+        the queue and handed to the target, whose share of the work on the event loop (turning
+        records into rows) then overlaps the store thread's on the one before. A store writes
+        what it is handed in turn; the callbacks run in order all the same, a batch's once it
+        and every batch before it are written."""
         loop = asyncio.get_running_loop()
+        in_hand: list[asyncio.Task[None]] = []  # the writes not known to be done, oldest first
+        batch: list[_Entry] = []
         try:
             while True:
-                first = await self._queue.get()
-                batch = [first]
-                size = len(first[0])
-                deadline = loop.time() + self._flush_interval
-                while size < self._batch_size:
-                    if self._queue.empty():
-                        timeout = deadline - loop.time()
-                        if timeout <= 0:
-                            break
-                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                        # cancellation that arrives as the item does
-                        try:
-                            async with asyncio.timeout(timeout):
-                                entry = await self._queue.get()
-                        except TimeoutError:
-                            break
-                    else:
-                        entry = self._queue.get_nowait()
-                    batch.append(entry)
-                    size += len(entry[0])
-                await self._flush_until_written(batch)
+                await self._take(batch, loop)
+                before = in_hand[-1] if in_hand else None
+                in_hand.append(asyncio.create_task(self._write_in_order(batch, before)))
+                batch = []
+                if len(in_hand) == 2:
+                    # shielded: a cancellation of the writer must not cancel a write
+                    await asyncio.shield(in_hand[0])
+                    del in_hand[0]
         except asyncio.CancelledError:
-            rest: list[_Entry] = []
+            for task in in_hand:
+                await asyncio.shield(task)
             while not self._queue.empty():
-                rest.append(self._queue.get_nowait())
-            await asyncio.shield(self._flush(rest))
+                batch.append(self._queue.get_nowait())
+            await asyncio.shield(self._flush(batch))
             raise
 
-    async def _flush_until_written(self, batch: list[_Entry]) -> None:
+    async def _take(self, batch: list[_Entry], loop: asyncio.AbstractEventLoop) -> None:
+        """Fill ``batch`` from the queue: ``batch_size`` records, or what came within
+        ``flush_interval`` of the first. Into the caller's list, so that what was taken is
+        still written when the writer is cancelled meanwhile."""
+        first = await self._queue.get()
+        batch.append(first)
+        size = len(first[0])
+        deadline = loop.time() + self._flush_interval
+        while size < self._batch_size:
+            if self._queue.empty():
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    return
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the item does
+                try:
+                    async with asyncio.timeout(timeout):
+                        entry = await self._queue.get()
+                except TimeoutError:
+                    return
+            else:
+                entry = self._queue.get_nowait()
+            batch.append(entry)
+            size += len(entry[0])
+
+    async def _write_in_order(self, batch: list[_Entry], before: asyncio.Task[None] | None) -> None:
         attempt = 0
         while True:
             try:
-                await self._flush(batch)
+                await self._flush(batch, before)
                 return
             except StoreError as exc:
                 self.failed_attempts += 1
@@ -152,7 +173,7 @@ class BatchWriter:
                 log.warning("store or outbox refused a batch (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _flush(self, batch: list[_Entry]) -> None:
+    async def _flush(self, batch: list[_Entry], before: asyncio.Task[None] | None = None) -> None:
         records: list[Record] = []
         letters: list[DeadLetter] = []
         callbacks: list[OnDurable] = []
@@ -164,6 +185,8 @@ class BatchWriter:
             if on_durable is not None:
                 callbacks.append(on_durable)
         await self._target.write_batch(records, letters)
+        if before is not None:
+            await asyncio.shield(before)
         self.batches += 1
         if self._on_commit is not None:
             self._on_commit()
