@@ -18,8 +18,8 @@ connection per worker (see ``Connection``). Measured, after warm-ups:
 1. ``GET /api/v1/devices``, the default page of 100 devices: latency p50 and p99 with one
    client, and requests/s with ``--concurrency`` clients. Baseline: the store reads behind
    it, called directly (``statuses()`` and ``latest()`` of the page's devices). Target: p99
-   < 20 ms. All 1,000 devices in one page are measured too, for comparison: there the
-   store's ``latest()`` of 10,000 series alone takes about 20 ms.
+   < 20 ms. All 1,000 devices in one page are measured too, for comparison: there most of
+   the time is building and serializing 1,000 summaries.
 2. ``GET /api/v1/devices/{id}/history`` for 24 hours at a 60 s step (mean): dev0000 (8,640
    raw readings in the window, served from the minute rollups) and a sparse device. Baseline:
    ``store.history`` with the same arguments. Target: p99 < 50 ms.

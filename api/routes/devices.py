@@ -126,7 +126,7 @@ async def list_devices(
         if len(items) == limit:
             more = True
             break
-        items.append(DeviceSummary(**_summary(device, catalogue), health=health))
+        items.append(DeviceSummary.model_construct(**_summary(device, catalogue), health=health))
     next_cursor = encode_cursor("devices", [items[-1].id]) if more else None
     return DevicePage(items=items, next_cursor=next_cursor)
 
