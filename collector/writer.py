@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Protocol
 
 from collector.base import OnDurable
@@ -93,6 +94,7 @@ class BatchWriter:
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_pending)
         self.batches = 0
         self.failed_attempts = 0
+        self._stopping = asyncio.Event()
 
     async def put(self, records: Sequence[Record], on_durable: OnDurable | None = None) -> None:
         # one queue entry per message, not per record: the queue is on the ingest hot path
@@ -128,6 +130,8 @@ class BatchWriter:
                     await asyncio.shield(in_hand[0])
                     del in_hand[0]
         except asyncio.CancelledError:
+            # a write being retried makes one more attempt now, and raises if that fails too
+            self._stopping.set()
             for task in in_hand:
                 await asyncio.shield(task)
             while not self._queue.empty():
@@ -168,10 +172,15 @@ class BatchWriter:
                 return
             except StoreError as exc:
                 self.failed_attempts += 1
+                if self._stopping.is_set():
+                    raise
                 delay = random.uniform(0, min(RETRY_CAP, 1.5**attempt))
                 attempt += 1
                 log.warning("store or outbox refused a batch (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                # the backoff is a schedule; only the writer's stopping cuts it short
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
 
     async def _flush(self, batch: list[_Entry], before: asyncio.Task[None] | None = None) -> None:
         records: list[Record] = []

@@ -134,3 +134,31 @@ async def test_cancelling_writes_what_was_taken_and_what_is_queued() -> None:
         await task
     assert target.written == [["dev0", "dev1", "dev2"]]
     assert acked == [0, 1, 2]
+
+
+class RefusingTarget:
+    """A store that is down: every write is refused."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def write_batch(self, records: Sequence[Record], letters: Sequence[DeadLetter]) -> None:
+        self.attempts += 1
+        raise StoreError("down")
+
+
+async def test_cancelling_while_a_batch_is_retried_tries_once_more_then_reports() -> None:
+    target = RefusingTarget()
+    writer = BatchWriter(target, batch_size=1, flush_interval=0.01)
+    acked: list[int] = []
+    task = asyncio.create_task(writer.run())
+    await writer.put(poll(0), on_durable=partial(acked.append, 0))
+    # into the backoff, which may be up to a second here and up to RETRY_CAP later on
+    await until(lambda: target.attempts >= 2, "the batch to be refused twice")
+    attempts = target.attempts
+    task.cancel()
+    # the shutdown does not wait out the backoff: one more attempt, and its refusal reported
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(task, timeout=5)
+    assert target.attempts == attempts + 1
+    assert acked == []
