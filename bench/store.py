@@ -798,7 +798,7 @@ def report(shape: Shape, writer: WriterResult | None, outcomes: dict[str, Outcom
             ok &= timing is None or target is None or timing.median_ms < target
         print(
             f"{query.label:<46} {'-' if target is None else '< ' + format(target, 'g'):>8}   "
-            f"{verdict(lite, query.target_ms)}   {verdict(pg, query.target_ms)}"
+            f"{verdict(lite, target)}   {verdict(pg, target)}"
         )
     print("(met/MISSED on the median; met* = median met, p95 over the target)")
     print(f"\n{'':<22} {'SQLite':>34}   {'PostgreSQL':>34}")

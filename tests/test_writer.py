@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 
@@ -72,13 +73,26 @@ class HeldTarget:
         self.releases[call].set()
 
 
+@asynccontextmanager
+async def running(target: HeldTarget) -> AsyncIterator[BatchWriter]:
+    """A writer of one poll a batch, running; on the way out, passed or failed, every held
+    write goes ahead and the writer is stopped."""
+    writer = BatchWriter(target, batch_size=1, flush_interval=0.01)
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        target.release_all()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_callbacks_keep_batch_order_when_a_later_batch_is_written_first() -> None:
     target = HeldTarget()
     target.fail_once = {0}
-    writer = BatchWriter(target, batch_size=1, flush_interval=0.01)
     acked: list[int] = []
-    task = asyncio.create_task(writer.run())
-    try:
+    async with running(target) as writer:
         for n in range(2):
             await writer.put(poll(n), on_durable=partial(acked.append, n))
         # the first write fails, the second is handed on meanwhile and succeeds first
@@ -90,18 +104,11 @@ async def test_callbacks_keep_batch_order_when_a_later_batch_is_written_first() 
         await until(lambda: acked == [0, 1], "both acknowledged, in order")
         assert target.written == [["dev1"], ["dev0"]]
         assert writer.failed_attempts == 1
-    finally:
-        target.release_all()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_no_more_than_two_batches_are_in_hand() -> None:
     target = HeldTarget()
-    writer = BatchWriter(target, batch_size=1, flush_interval=0.01)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with running(target) as writer:
         for n in range(6):
             await writer.put(poll(n))
         await until(lambda: len(target.calls) == 2, "two writes handed on")
@@ -112,11 +119,6 @@ async def test_no_more_than_two_batches_are_in_hand() -> None:
         await until(lambda: len(target.written) == 6, "all six written")
         assert target.most_in_flight == 2
         assert [devices[0] for devices in target.written] == [f"dev{n}" for n in range(6)]
-    finally:
-        target.release_all()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_cancelling_writes_what_was_taken_and_what_is_queued() -> None:

@@ -508,15 +508,11 @@ class PostgresStore:
                 )
             except ValueError as exc:  # a DSN that does not parse
                 raise StoreError(f"PostgreSQL DSN: {exc}") from exc
+        self._pool = pool
         try:
             with self._translated("creating the schema"):
                 async with pool.acquire() as conn, conn.transaction():
                     await self._create_schema(conn)
-        except BaseException:
-            pool.terminate()
-            raise
-        self._pool = pool
-        try:
             # latest read whole now, not by the first caller (see SqliteStore.open)
             await self.latest()
         except BaseException:
