@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from core.counters import counter_delta
 from core.errors import StoreError
 from core.net import free_port
 from core.records import FaultEvent, Quality, Reading, Record, StatusChange
@@ -459,6 +460,56 @@ async def test_usage(store: TimeSeriesStore, case: UsageCase) -> None:
     await store.write(readings + noise)
     got = await store.usage("ac-1", "cycles", start=minutes(case.start), end=minutes(case.end))
     assert got == case.expected
+
+
+def _counter_series(rng: random.Random) -> list[Reading]:
+    """A counter's readings, a minute apart on average, that climb, wrap (uint16 and uint32
+    registers), reset, and change register width; or, without raw, fractional values that
+    mostly climb."""
+    readings: list[Reading] = []
+    minute = 0.0
+    raw = rng.randrange(2**16)
+    for _ in range(rng.randrange(1, 120)):
+        minute += rng.choice((0.25, 1, 1, 3, 60))
+        width = rng.choice((16, 16, 32, None))
+        if width is None:
+            value = rng.uniform(0, 1e4) if rng.random() < 0.05 else raw / 7 + rng.random()
+            readings.append(Reading("ac-1", "cycles", value, minutes(minute)))
+            continue
+        step = rng.random()
+        if step < 0.1:
+            raw = rng.randrange(100)  # a reset
+        elif step < 0.2:
+            raw = (raw + rng.randrange(2**width // 2)) % 2**width  # up, maybe a wrap
+        else:
+            raw = (raw + rng.randrange(50)) % 2**width
+        readings.append(Reading("ac-1", "cycles", raw / 10, minutes(minute), raw=raw, width=width))
+    return readings
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_usage_is_counter_delta_over_consecutive_readings(
+    store: TimeSeriesStore, seed: int
+) -> None:
+    """The store sums the deltas itself; it answers as ``counter_delta`` folded in Python does,
+    to the last bit, over windows that start before, inside and after the readings."""
+    rng = random.Random(seed)
+    readings = _counter_series(rng)
+    await store.write(readings)
+    last = (readings[-1].ts - T0) / timedelta(minutes=1)
+    for _ in range(20):
+        start, end = sorted(rng.randrange(-30 * 60, int(last * 60) + 90) for _ in range(2))
+        window = (at(start), at(end))
+        before = [r for r in readings if r.ts < window[0]][-1:]
+        inside = [r for r in readings if window[0] <= r.ts < window[1]]
+        expected, previous = 0.0, None
+        for reading in before + inside:
+            counter = float(reading.raw) if reading.raw is not None else reading.value
+            if previous is not None:
+                expected += counter_delta(previous, counter, reading.width)
+            previous = counter
+        got = await store.usage("ac-1", "cycles", start=window[0], end=window[1])
+        assert got == expected, (start, end)
 
 
 # --- faults and status changes ----------------------------------------------------------------

@@ -31,6 +31,7 @@ reading written; retention runs hourly, writes all the time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import time
@@ -41,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.counters import counter_usage
 from core.errors import StoreError
 from core.records import DeadLetter, FaultEvent, Quality, Reading, Record, StatusChange
 from core.store.models import (
@@ -63,7 +65,6 @@ from core.store.timeseries import (
     Partial,
     Resolution,
     Retention,
-    UsageFold,
     check_history,
     collector_paused,
     latest_values,
@@ -658,29 +659,18 @@ class SqliteStore:
         """Counter usage over [start, end); see ``TimeSeriesStore.usage``.
 
         Both halves are primary-key range scans: the newest reading before ``start`` (one
-        seek backwards) and the readings inside the window, folded without loading them all.
-        """
-        params = (device_id, metric, _ms(start), device_id, metric, _ms(start), _ms(end))
+        seek backwards) and the readings inside the window, streamed through
+        ``counter_usage`` without loading them all. Summing in SQL with ``lag()`` took longer
+        (SQLite's window functions: 7 to 10 ms for 9,640 readings, against 4 to 5 for this)."""
+        key = (device_id, metric)
 
-        def query() -> float:
-            rows = self._db.execute(
-                "SELECT counter, width FROM ("
-                "  SELECT * FROM ("
-                "    SELECT ts_ms, coalesce(raw, value) AS counter, width FROM readings"
-                "    WHERE device_id = ? AND metric = ? AND ts_ms < ?"
-                "    ORDER BY ts_ms DESC LIMIT 1)"
-                "  UNION ALL"
-                "  SELECT ts_ms, coalesce(raw, value), width FROM readings"
-                "  WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?"
-                ") ORDER BY ts_ms",
-                params,
-            )
-            fold = UsageFold()
-            for counter, width in rows:
-                fold.add(float(counter), width)
-            return fold.usage
+        def query(db: sqlite3.Connection) -> float:
+            before = db.execute(_USAGE_BEFORE, (*key, _ms(start))).fetchall()
+            window = db.execute(_USAGE_WINDOW, (*key, _ms(start), _ms(end)))
+            return counter_usage(itertools.chain(before, window))
 
-        return await self._run(query)
+        # one snapshot for both halves, so that a write between them cannot come in twice
+        return await self._run(self._snapshot, query)
 
     async def faults(
         self, device_id: str | None, *, start: datetime, end: datetime
@@ -934,6 +924,20 @@ def _write_readings(
     if past:
         db.executemany(_UPSERT_LATEST_ONLY, [row[:5] for row in past])
     return added
+
+
+# A counter's readings for ``usage`` (raw as a float, as ``counter_delta`` takes it): the newest
+# before the window, then the window's, oldest first. Two statements rather than one UNION:
+# ordering the union costs a sort of the window's readings (some 5 ms for 9,640); each half
+# alone comes in key order.
+_USAGE_BEFORE = """
+SELECT CAST(coalesce(raw, value) AS REAL), width FROM readings
+WHERE device_id = ? AND metric = ? AND ts_ms < ? ORDER BY ts_ms DESC LIMIT 1
+"""
+_USAGE_WINDOW = """
+SELECT CAST(coalesce(raw, value) AS REAL), width FROM readings
+WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms
+"""
 
 
 # --- rollup maintenance ---------------------------------------------------------------------

@@ -56,7 +56,6 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
 
-from core.counters import counter_delta
 from core.errors import StoreError
 from core.records import FaultEvent, Quality, Record, StatusChange
 from core.store.models import Bucket, LatestValue, RetentionRun, Rollup
@@ -77,7 +76,6 @@ __all__ = [
     "Retention",
     "Segment",
     "TimeSeriesStore",
-    "UsageFold",
     "check_history",
     "collector_paused",
     "latest_values",
@@ -524,27 +522,6 @@ def merge_partials(parts: Iterable[Partial]) -> list[Partial]:
         else:
             merged.append(part)
     return merged
-
-
-class UsageFold:
-    """Folds one counter's readings, oldest first, into usage with ``counter_delta``.
-
-    The first reading is only the starting point: with the reading before the window folded in
-    first, the step into the window is counted; without one, usage starts at the first reading
-    inside it. A fold rather than a function over a list, so that backends can stream rows.
-    """
-
-    __slots__ = ("_previous", "usage")
-
-    def __init__(self) -> None:
-        self.usage = 0.0
-        self._previous: float | None = None
-
-    def add(self, counter: float, width: int | None) -> None:
-        """The next reading: its raw register value (else its value) and register width."""
-        if self._previous is not None:
-            self.usage += counter_delta(self._previous, counter, width)
-        self._previous = counter
 
 
 class ChunkSize:
