@@ -307,9 +307,11 @@ class SqliteStore:
         self._written = asyncio.Event()
         self._maintenance: asyncio.Task[None] | None = None
         self._latest_cache = LatestCache()
-        self._series: set[tuple[str, str]] = set()
-        """The series with a row in ``latest`` as far as this store knows: read on opening,
-        added to by its writes. Only the store's thread touches it."""
+        self._series: dict[str, set[str]] = {}
+        """The series with a row in ``latest`` as far as this store knows, metrics by device:
+        read on opening, added to by the store's thread once a write commits. A batch is
+        checked against it on the event loop, off the store's busy thread; a series the
+        check misses for being a moment late is only offered to ``latest`` once more."""
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -365,7 +367,8 @@ class SqliteStore:
             if version < SCHEMA_VERSION:
                 self._upgrade(conn)
             conn.execute(_LATEST_FROM_READINGS)
-            self._series = set(conn.execute("SELECT device_id, metric FROM latest"))
+            for device_id, metric in conn.execute("SELECT device_id, metric FROM latest"):
+                self._series.setdefault(device_id, set()).add(metric)
         except BaseException:
             conn.close()
             raise
@@ -428,8 +431,9 @@ class SqliteStore:
         return result
 
     def _write(self, batch: _Batch) -> None:
-        added = self._transaction(partial(batch.write, series=self._series))
-        self._series |= added  # once committed: a batch rolled back added nothing
+        added = self._transaction(batch.write)
+        for device_id, metric in added:  # once committed: a batch rolled back added nothing
+            self._series.setdefault(device_id, set()).add(metric)
 
     def _snapshot(self, func: Callable[[sqlite3.Connection], _T]) -> _T:
         """``func``'s reads in one read transaction: one snapshot of the file, even while
@@ -452,7 +456,7 @@ class SqliteStore:
             return
         # rows are built here, on the event loop, while the store's thread may still be busy
         # with the previous batch: SQLite releases the GIL while it works
-        batch = _Batch(records)
+        batch = _Batch(records, self._series)
         await self._run(self._write, batch)
         if batch.readings:
             self._written.set()
@@ -827,10 +831,12 @@ WHERE excluded.ts_ms >= latest.ts_ms
 class _Batch:
     """One ``write``'s records as rows, and the transaction that stores them."""
 
-    __slots__ = ("faults", "oldest_ms", "readings", "statuses")
+    __slots__ = ("faults", "new_series", "oldest_ms", "readings", "statuses")
 
-    def __init__(self, records: Sequence[Record]) -> None:
+    def __init__(self, records: Sequence[Record], series: dict[str, set[str]]) -> None:
         self.readings: list[_Row] = []
+        self.new_series: list[_Row] = []
+        """The readings of series not in ``series`` (see ``_write_readings``)."""
         self.faults: list[tuple[str, str, int, int]] = []
         self.statuses: list[tuple[str, int, int, str]] = []
         # a collector stamps every reading of a poll with one datetime, and most readings are
@@ -838,6 +844,7 @@ class _Batch:
         last_ts: datetime | None = None
         last_ms = oldest_ms = 2**63
         last_quality, quality_value = Quality.GOOD, Quality.GOOD.value
+        no_metrics: set[str] = set()
         for record in records:
             if isinstance(record, Reading):
                 if record.ts is not last_ts:
@@ -847,17 +854,18 @@ class _Batch:
                 if record.quality is not last_quality:
                     last_quality = record.quality
                     quality_value = last_quality.value
-                self.readings.append(
-                    (
-                        record.device_id,
-                        record.metric,
-                        last_ms,
-                        record.value,
-                        quality_value,
-                        record.raw,
-                        record.width,
-                    )
+                row = (
+                    record.device_id,
+                    record.metric,
+                    last_ms,
+                    record.value,
+                    quality_value,
+                    record.raw,
+                    record.width,
                 )
+                self.readings.append(row)
+                if record.metric not in series.get(record.device_id, no_metrics):
+                    self.new_series.append(row)
             elif isinstance(record, FaultEvent):
                 self.faults.append(
                     (record.device_id, record.code, _ms(record.ts), int(record.active))
@@ -870,11 +878,11 @@ class _Batch:
         self.oldest_ms = oldest_ms
         """The oldest reading's time (2**63 without readings)."""
 
-    def write(self, db: sqlite3.Connection, series: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    def write(self, db: sqlite3.Connection) -> set[tuple[str, str]]:
         """Store the batch; returns the series it added to ``latest`` (see ``_write_readings``)."""
         added: set[tuple[str, str]] = set()
         if self.readings:
-            added = _write_readings(db, self.readings, self.oldest_ms, series)
+            added = _write_readings(db, self.readings, self.oldest_ms, self.new_series)
         if self.faults:
             db.executemany(
                 "INSERT OR IGNORE INTO faults (device_id, code, ts_ms, active) VALUES (?, ?, ?, ?)",
@@ -895,14 +903,15 @@ class _Batch:
 
 
 def _write_readings(
-    db: sqlite3.Connection, readings: list[_Row], oldest_ms: int, series: set[tuple[str, str]]
+    db: sqlite3.Connection, readings: list[_Row], oldest_ms: int, new_series: list[_Row]
 ) -> set[tuple[str, str]]:
     """Insert readings into raw and ``latest``, marking their series pending; those older
     than the raw horizon go into ``latest`` only (see ``core.store.timeseries``).
 
-    ``series`` are the series known to have a row in ``latest`` (rows of ``latest`` are
-    never deleted); the others get theirs first. Returns those, for the caller to add to
-    ``series`` once the transaction commits."""
+    ``new_series`` are the readings whose series may have no row in ``latest`` yet: every
+    other series must have one (rows of ``latest`` are never deleted). Their series get one
+    first, from their first reading. Returns the series so offered, for the caller to count
+    as known once the transaction commits."""
     horizon_row = db.execute("SELECT cutoff_ms FROM retention WHERE tier = 'raw'").fetchone()
     if horizon_row is None or oldest_ms >= horizon_row[0]:
         kept, past = readings, []
@@ -910,20 +919,19 @@ def _write_readings(
         horizon = horizon_row[0]
         kept = [row for row in readings if row[2] >= horizon]
         past = [row for row in readings if row[2] < horizon]
+        new_series = [row for row in new_series if row[2] >= horizon]
     # the transaction's change mark, which every statement stamps its latest rows with
     db.execute("UPDATE latest_seq SET seq = seq + 1")
-    added: set[tuple[str, str]] = set()
+    first: dict[tuple[str, str], _Row] = {}
+    for row in new_series:
+        first.setdefault((row[0], row[1]), row)
+    if first:
+        db.executemany(_ADD_SERIES, [row[:5] for row in first.values()])
     if kept:
-        if not {(row[0], row[1]) for row in kept} <= series:
-            first: dict[tuple[str, str], _Row] = {}
-            for row in kept:
-                first.setdefault((row[0], row[1]), row)
-            added = first.keys() - series
-            db.executemany(_ADD_SERIES, [first[key][:5] for key in sorted(added)])
         db.executemany(_INSERT_READINGS, kept)  # and into latest: _LATEST_FROM_READINGS
     if past:
         db.executemany(_UPSERT_LATEST_ONLY, [row[:5] for row in past])
-    return added
+    return set(first)
 
 
 # A counter's readings for ``usage`` (raw as a float, as ``counter_delta`` takes it): the newest
