@@ -13,6 +13,7 @@ Two backends:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.config import SiteConfig
 from core.secrets import postgres_dsn
+from core.wal import LOCKED
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -139,9 +141,16 @@ def _sqlite_events(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                # another connection holds the file for the same switch (see core.wal), which
+                # this one sees from its next transaction on; a retry would sleep on the
+                # event loop, which this hook runs on
+                if LOCKED not in str(exc):
+                    raise
+            cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
 

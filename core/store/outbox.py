@@ -66,6 +66,7 @@ from typing import Any, Final, TypeVar
 from core.clock import Clock, SystemClock
 from core.errors import StoreError
 from core.records import DeadLetter, FaultEvent, Quality, Reading, Record, StatusChange
+from core.wal import use_wal
 
 __all__ = ["Batch", "ConsumerStats", "Handler", "Outbox", "OutboxItem", "OutboxStats"]
 
@@ -402,7 +403,7 @@ class Outbox:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             self._check_identity(conn)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = use_wal(conn)
             if mode != "wal":
                 raise StoreError(f"outbox {self.path}: cannot use WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")

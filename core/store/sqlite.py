@@ -72,6 +72,7 @@ from core.store.timeseries import (
     plan_history,
     start_maintenance,
 )
+from core.wal import use_wal
 
 __all__ = ["SqliteStore"]
 
@@ -351,7 +352,7 @@ class SqliteStore:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        use_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA temp_store=MEMORY")  # rollup recomputation sorts in memory
