@@ -794,7 +794,7 @@ _INSERT_READINGS = "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
 # cost some 2.5 to 3 us a row, the UPDATE 0.6, against 2.3 for the raw insert itself (SQLite
 # 3.40, in memory); a trigger that may insert at all, even behind a WHEN that never holds,
 # cost the same 2 us more. In the benchmark's writer runs (1M rows, 500 a transaction), the
-# store's statements went from 0.73 to 0.90 x a bare raw insert.
+# store's statements went from 0.73 to a median of 0.82 x a bare raw insert (0.72 to 0.90).
 #
 # A TEMP trigger, made by each connection the store opens, not a part of the file's schema:
 # the file stays readable and writable by any SQLite, and a tool that writes raw readings
