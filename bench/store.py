@@ -74,6 +74,7 @@ from collector.writer import BatchWriter, StoreTarget
 from core.records import Quality, Reading
 from core.store import Bucket, LatestValue, PostgresStore, SqliteStore
 from core.store.sqlite import _LATEST_FROM_READINGS as LATEST_FROM_READINGS
+from core.store.sqlite import _know as know
 from core.store.sqlite import _write_readings as write_readings
 from core.store.timeseries import TimeSeriesStore
 from tests.pg import drop_schema, postgres_cluster
@@ -271,8 +272,7 @@ def _same_work() -> Callable[[sqlite3.Connection, Sequence[Row]], None]:
     def write(conn: sqlite3.Connection, batch: Sequence[Row]) -> None:
         rows = list(batch)
         new = [row for row in rows if row[1] not in series.get(row[0], ())]
-        for device_id, metric in write_readings(conn, rows, min(row[2] for row in rows), new):
-            series.setdefault(device_id, set()).add(metric)
+        know(series, write_readings(conn, rows, min(row[2] for row in rows), new))
 
     return write
 

@@ -35,7 +35,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
@@ -325,8 +325,10 @@ class SqliteStore:
         try:
             await self._run(self._open)
             # latest read whole now (some 35 ms for 10,000 series), not by the first caller: a
-            # process's first page or rules pass then waits only for what changed since
-            await self._run(self._latest, None)
+            # process's first page or rules pass then waits only for what changed since; its
+            # series are the ones the writes start out knowing
+            values = await self._run(self._latest, None)
+            _know(self._series, ((value.device_id, value.metric) for value in values))
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
@@ -368,8 +370,6 @@ class SqliteStore:
             if version < SCHEMA_VERSION:
                 self._upgrade(conn)
             conn.execute(_LATEST_FROM_READINGS)
-            for device_id, metric in conn.execute("SELECT device_id, metric FROM latest"):
-                self._series.setdefault(device_id, set()).add(metric)
         except BaseException:
             conn.close()
             raise
@@ -432,9 +432,8 @@ class SqliteStore:
         return result
 
     def _write(self, batch: _Batch) -> None:
-        added = self._transaction(batch.write)
-        for device_id, metric in added:  # once committed: a batch rolled back added nothing
-            self._series.setdefault(device_id, set()).add(metric)
+        # known once committed: a batch rolled back added nothing
+        _know(self._series, self._transaction(batch.write))
 
     def _snapshot(self, func: Callable[[sqlite3.Connection], _T]) -> _T:
         """``func``'s reads in one read transaction: one snapshot of the file, even while
@@ -901,6 +900,12 @@ class _Batch:
                 [(device, online, ts, reason) for device, ts, online, reason in self.statuses],
             )
         return added
+
+
+def _know(series: dict[str, set[str]], keys: Iterable[tuple[str, str]]) -> None:
+    """Count (device, metric) ``keys`` among the ``series`` known to have a row in ``latest``."""
+    for device_id, metric in keys:
+        series.setdefault(device_id, set()).add(metric)
 
 
 def _write_readings(
